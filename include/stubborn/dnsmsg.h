@@ -1,0 +1,104 @@
+/*
+ * DNS wire helpers for the hot path: header and question only, no
+ * allocation.  Everything here takes borrowed buffers.
+ */
+#ifndef STUBBORN_DNSMSG_H
+#define STUBBORN_DNSMSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DNSMSG_HDR_LEN		12
+#define DNSMSG_MAX_LEN		65535
+#define DNSMSG_UDP_MIN		512	/* RFC 1035 limit without EDNS */
+
+#define DNS_RCODE_NOERROR	0
+#define DNS_RCODE_FORMERR	1
+#define DNS_RCODE_SERVFAIL	2
+#define DNS_RCODE_NXDOMAIN	3
+#define DNS_RCODE_NOTIMP	4
+#define DNS_RCODE_REFUSED	5
+
+enum dnsmsg_status {
+	DNSMSG_OK,		/* a query we can forward */
+	DNSMSG_DROP,		/* not worth an answer (too short, a response) */
+	DNSMSG_FORMERR,		/* answer FORMERR */
+	DNSMSG_NOTIMP,		/* answer NOTIMP (opcode other than QUERY) */
+};
+extern const char *const dnsmsg_status_str[];
+
+/* What the listener and resolver need to know of a client's query. */
+struct dnsmsg_info {
+	uint16_t	id;
+	uint16_t	qtype;
+	uint16_t	qclass;
+	size_t		qend;		/* offset just past the question, 0 if none */
+	uint16_t	udp_size;	/* largest UDP answer the client takes */
+	bool		edns;		/* an OPT record was present */
+	bool		do_bit;
+};
+
+/*
+ * Check a client's query of len bytes and fill *info.  Only a single
+ * question, uncompressed, and well-formed record sections are accepted.
+ */
+enum dnsmsg_status dnsmsg_parse_query(const uint8_t *msg, size_t len,
+	    struct dnsmsg_info *info);
+
+/*
+ * Offset just past the wire name that starts at off, following no
+ * pointers (a pointer ends the name); -1 when it runs off the message or
+ * is longer than 255 bytes.
+ */
+long	dnsmsg_skip_name(const uint8_t *msg, size_t len, size_t off);
+
+/*
+ * Write into out (outsz bytes) an answer with rcode to the query in
+ * query/info, echoing its ID, RD bit and (when info->qend) its question.
+ * Works for a query that only parsed as far as its header.  Returns the
+ * answer's length, 0 if out is too small.
+ */
+size_t	dnsmsg_error_reply(const uint8_t *query, size_t qlen,
+	    const struct dnsmsg_info *info, int rcode, uint8_t *out,
+	    size_t outsz);
+
+/*
+ * True when reply (rlen bytes) is a response whose single question equals
+ * the question of query (which ends at qend): same name ignoring ASCII
+ * case, type and class.
+ */
+bool	dnsmsg_reply_matches(const uint8_t *reply, size_t rlen,
+	    const uint8_t *query, size_t qend);
+
+/*
+ * Cut a response to fit max bytes (RFC 1035 4.2.1): keep the header and
+ * question, set TC, empty the other sections.  Returns the new length;
+ * the message is unchanged when it already fits.
+ */
+size_t	dnsmsg_truncate(uint8_t *msg, size_t len, size_t max);
+
+/* The response code of a message of at least DNSMSG_HDR_LEN bytes. */
+int	dnsmsg_rcode(const uint8_t *msg);
+
+static inline uint16_t
+dnsmsg_get_id(const uint8_t *msg)
+{
+	return (uint16_t)(msg[0] << 8 | msg[1]);
+}
+
+static inline void
+dnsmsg_set_id(uint8_t *msg, uint16_t id)
+{
+	msg[0] = (uint8_t)(id >> 8);
+	msg[1] = (uint8_t)id;
+}
+
+/*
+ * The question's name as text (e.g. "example.com."), for logs; buf holds
+ * it (bufsz bytes).  Returns buf, "?" when the name does not parse.
+ */
+const char *dnsmsg_qname_str(const uint8_t *msg, size_t len, char *buf,
+	    size_t bufsz);
+
+#endif

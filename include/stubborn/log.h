@@ -1,0 +1,40 @@
+/*
+ * Leveled logging to stderr (foreground) or syslog (daemon), in the
+ * OpenBSD log.c manner.  Levels are syslog's (LOG_ERR .. LOG_DEBUG).
+ */
+#ifndef STUBBORN_LOG_H
+#define STUBBORN_LOG_H
+
+#include <stdarg.h>
+
+/* Start logging; foreground sends lines to stderr, otherwise to syslog. */
+void	log_init(int foreground, int level);
+/* Change the most verbose level that is still written. */
+void	log_setlevel(int level);
+int	log_getlevel(void);
+
+/* log_warn appends ": strerror(errno)"; the x variants do not. */
+void	log_warn(const char *, ...) __attribute__((format(printf, 1, 2)));
+void	log_warnx(const char *, ...) __attribute__((format(printf, 1, 2)));
+void	log_info(const char *, ...) __attribute__((format(printf, 1, 2)));
+void	log_debug(const char *, ...) __attribute__((format(printf, 1, 2)));
+
+/* Start-up and broken internal invariants only: log, then exit(1). */
+void	fatal(const char *, ...)
+	    __attribute__((format(printf, 1, 2), noreturn));
+void	fatalx(const char *, ...)
+	    __attribute__((format(printf, 1, 2), noreturn));
+
+/*
+ * Drain the OpenSSL error queue into one warning that starts with what;
+ * the queue is empty afterwards, so a later SSL_get_error() is not misled.
+ */
+void	log_crypto(const char *what);
+
+/*
+ * Write one trust-incident record: json is a complete JSON object on one
+ * line (borrowed).  Written whatever the level, so evidence is never lost.
+ */
+void	log_incident(const char *json);
+
+#endif

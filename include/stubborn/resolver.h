@@ -1,0 +1,33 @@
+/*
+ * A query's life: dispatch to an upstream, deadline, retry on the next
+ * upstream, and the answer (or SERVFAIL) back to the client.
+ */
+#ifndef STUBBORN_RESOLVER_H
+#define STUBBORN_RESOLVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "stubborn/config.h"
+#include "stubborn/dnsmsg.h"
+#include "stubborn/listener.h"
+
+struct resolver;
+
+/* cfg is borrowed for the resolver's life.  NULL (logged) on failure. */
+struct resolver *resolver_new(struct event_base *base,
+	    const struct config *cfg);
+
+/* Answer SERVFAIL to every query still waiting, then free r. */
+void	resolver_free(struct resolver *r);
+
+/*
+ * Resolve the client's query (msg of len bytes, copied; info from
+ * dnsmsg_parse_query).  The answer goes to client (copied) later.
+ */
+void	resolver_query(struct resolver *r, const struct client *client,
+	    const uint8_t *msg, size_t len, const struct dnsmsg_info *info);
+
+#endif

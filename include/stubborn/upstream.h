@@ -1,0 +1,85 @@
+/*
+ * The upstream pool: conf order, health with backoff, quarantine after a
+ * trust incident, and the one place transports report back to.
+ */
+#ifndef STUBBORN_UPSTREAM_H
+#define STUBBORN_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "stubborn/config.h"
+
+struct txq;
+struct conn;
+struct upstream_pool;
+
+enum upstream_state {
+	UPSTREAM_UP,
+	UPSTREAM_DOWN,		/* failing; retried after backoff */
+	UPSTREAM_QUARANTINED,	/* trust incident; skipped until it ends */
+};
+extern const char *const upstream_state_str[];
+
+struct upstream {
+	struct upstream_pool	*pool;
+	const struct upstream_conf *conf;	/* borrowed from the config */
+	unsigned		 index;		/* conf order, < 64 */
+	SSL_CTX			*ssl_ctx;
+	const struct transport_ops *ops;
+	struct conn		*conn;		/* the live connection or NULL */
+	enum upstream_state	 state;
+	uint64_t		 retry_at_ms;	/* DOWN: monotonic */
+	time_t			 quarantine_until;	/* wall clock */
+	unsigned		 backoff_sec;
+	unsigned		 timeouts;	/* consecutive */
+	unsigned		 next_addr;	/* bootstrap address to try */
+	long			 quarantine_sec;	/* from [trust] */
+};
+
+/*
+ * Called for each query's outcome: a reply (borrowed for the call), or a
+ * failure after which the query should move on; retry_same says the
+ * upstream itself is fine (its connection closed under the query).
+ */
+struct upstream_cbs {
+	void	(*reply)(void *arg, struct txq *q, uint8_t *msg, size_t len);
+	void	(*failed)(void *arg, struct txq *q, struct upstream *up,
+		    bool retry_same);
+	void	*arg;
+};
+
+/*
+ * A pool for cfg's upstreams (cfg borrowed for the pool's life).
+ * Returns NULL (logged) when a trust store cannot be loaded.
+ */
+struct upstream_pool *upstream_pool_new(struct event_base *base,
+	    const struct config *cfg, const struct upstream_cbs *cbs);
+/* Close every connection and free the pool; NULL is a no-op. */
+void	upstream_pool_free(struct upstream_pool *pool);
+
+/*
+ * The first usable upstream in conf order that is not in tried (a bit
+ * per index): UP, or DOWN with its backoff over; failing those, any DOWN
+ * one (better a retry than SERVFAIL).  Never a quarantined one.  NULL
+ * when none is left.
+ */
+struct upstream *upstream_pick(struct upstream_pool *pool, uint64_t tried);
+
+/* Send q to up, opening a connection when there is none. */
+void	upstream_send(struct upstream *up, struct txq *q);
+
+/* Take q back from wherever it is attached; no-op when detached. */
+void	upstream_cancel(struct txq *q);
+
+/* q timed out on up: count it against up's health. */
+void	upstream_note_timeout(struct upstream *up);
+
+/* Monotonic milliseconds, for deadlines. */
+uint64_t upstream_now_ms(void);
+
+#endif

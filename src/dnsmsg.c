@@ -1,0 +1,232 @@
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ldns/ldns.h>
+
+#include "stubborn/dnsmsg.h"
+
+#define DNS_FLAG_QR	0x80	/* in byte 2 */
+#define DNS_FLAG_TC	0x02	/* in byte 2 */
+#define DNS_FLAG_RD	0x01	/* in byte 2 */
+#define DNS_FLAG_RA	0x80	/* in byte 3 */
+#define DNS_TYPE_OPT	41
+#define DNS_EDNS_DO	0x8000
+#define DNS_NAME_MAX	255
+
+const char *const dnsmsg_status_str[] = {
+	[DNSMSG_OK] = "ok",
+	[DNSMSG_DROP] = "drop",
+	[DNSMSG_FORMERR] = "formerr",
+	[DNSMSG_NOTIMP] = "notimp",
+};
+
+static inline uint16_t
+get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+long
+dnsmsg_skip_name(const uint8_t *msg, size_t len, size_t off)
+{
+	size_t start = off;
+
+	for (;;) {
+		uint8_t l;
+
+		if (off >= len)
+			return -1;
+		l = msg[off];
+		if ((l & 0xc0) == 0xc0)
+			return off + 2 <= len ? (long)(off + 2) : -1;
+		if (l & 0xc0)
+			return -1;	/* 0x40 and 0x80 label types are obsolete */
+		off += 1 + (size_t)l;
+		if (off - start > DNS_NAME_MAX)
+			return -1;
+		if (l == 0)
+			return (long)off;
+	}
+}
+
+/* Offset past the uncompressed name at off, or -1. */
+static long
+plain_name_end(const uint8_t *msg, size_t len, size_t off)
+{
+	size_t start = off;
+
+	for (;;) {
+		uint8_t l;
+
+		if (off >= len || (msg[off] & 0xc0))
+			return -1;
+		l = msg[off];
+		off += 1 + (size_t)l;
+		if (off - start > DNS_NAME_MAX || off > len)
+			return -1;
+		if (l == 0)
+			return (long)off;
+	}
+}
+
+enum dnsmsg_status
+dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
+{
+	uint16_t an, ns, ar, i;
+	size_t off;
+	long end;
+
+	memset(info, 0, sizeof(*info));
+	info->udp_size = DNSMSG_UDP_MIN;
+	if (len < DNSMSG_HDR_LEN || (msg[2] & DNS_FLAG_QR))
+		return DNSMSG_DROP;
+	info->id = get16(msg);
+	if (((msg[2] >> 3) & 0x0f) != 0)
+		return DNSMSG_NOTIMP;
+	if (get16(msg + 4) != 1)
+		return DNSMSG_FORMERR;
+	end = plain_name_end(msg, len, DNSMSG_HDR_LEN);
+	if (end < 0 || (size_t)end + 4 > len)
+		return DNSMSG_FORMERR;
+	off = (size_t)end;
+	info->qtype = get16(msg + off);
+	info->qclass = get16(msg + off + 2);
+	off += 4;
+	info->qend = off;
+
+	an = get16(msg + 6);
+	ns = get16(msg + 8);
+	ar = get16(msg + 10);
+	for (i = 0; i < (uint32_t)an + ns + ar; i++) {
+		uint16_t type, rdlen;
+
+		end = dnsmsg_skip_name(msg, len, off);
+		if (end < 0 || (size_t)end + 10 > len)
+			return DNSMSG_FORMERR;
+		off = (size_t)end;
+		type = get16(msg + off);
+		rdlen = get16(msg + off + 8);
+		if (off + 10 + rdlen > len)
+			return DNSMSG_FORMERR;
+		if (i >= (uint32_t)an + ns && type == DNS_TYPE_OPT) {
+			if (info->edns)
+				return DNSMSG_FORMERR;	/* RFC 6891 6.1.1 */
+			info->edns = true;
+			info->udp_size = get16(msg + off + 2);
+			if (info->udp_size < DNSMSG_UDP_MIN)
+				info->udp_size = DNSMSG_UDP_MIN;
+			info->do_bit = (get16(msg + off + 6) & DNS_EDNS_DO) != 0;
+		}
+		off += 10 + (size_t)rdlen;
+	}
+	return DNSMSG_OK;
+}
+
+size_t
+dnsmsg_error_reply(const uint8_t *query, size_t qlen,
+    const struct dnsmsg_info *info, int rcode, uint8_t *out, size_t outsz)
+{
+	size_t n = info->qend ? info->qend : DNSMSG_HDR_LEN;
+
+	if (qlen < n || outsz < n)
+		return 0;
+	memcpy(out, query, n);
+	out[2] = (uint8_t)(DNS_FLAG_QR | (query[2] & (0x78 | DNS_FLAG_RD)));
+	out[3] = (uint8_t)(DNS_FLAG_RA | (rcode & 0x0f));
+	put16(out + 4, info->qend ? 1 : 0);
+	put16(out + 6, 0);
+	put16(out + 8, 0);
+	put16(out + 10, 0);
+	return n;
+}
+
+bool
+dnsmsg_reply_matches(const uint8_t *reply, size_t rlen, const uint8_t *query,
+    size_t qend)
+{
+	size_t off = DNSMSG_HDR_LEN;
+
+	if (rlen < qend || qend <= DNSMSG_HDR_LEN + 4)
+		return false;
+	if (!(reply[2] & DNS_FLAG_QR) || get16(reply + 4) != 1)
+		return false;
+	/*
+	 * The query's name is known to be well formed, so walking its labels
+	 * bounds the comparison; a label length differing in the reply ends
+	 * it.  Name bytes compare without ASCII case (RFC 4343).
+	 */
+	while (query[off] != 0) {
+		size_t l = query[off], i;
+
+		if (reply[off] != l)
+			return false;
+		for (i = 1; i <= l; i++) {
+			uint8_t a = query[off + i], b = reply[off + i];
+
+			if (a >= 'A' && a <= 'Z')
+				a += 'a' - 'A';
+			if (b >= 'A' && b <= 'Z')
+				b += 'a' - 'A';
+			if (a != b)
+				return false;
+		}
+		off += 1 + l;
+	}
+	return reply[off] == 0 && memcmp(reply + off + 1, query + off + 1, 4) == 0;
+}
+
+size_t
+dnsmsg_truncate(uint8_t *msg, size_t len, size_t max)
+{
+	long end;
+	size_t keep;
+
+	if (len <= max || len < DNSMSG_HDR_LEN)
+		return len;
+	keep = DNSMSG_HDR_LEN;
+	if (get16(msg + 4) == 1) {
+		end = dnsmsg_skip_name(msg, len, DNSMSG_HDR_LEN);
+		if (end > 0 && (size_t)end + 4 <= len && (size_t)end + 4 <= max)
+			keep = (size_t)end + 4;
+	}
+	msg[2] |= DNS_FLAG_TC;
+	put16(msg + 4, keep > DNSMSG_HDR_LEN ? 1 : 0);
+	put16(msg + 6, 0);
+	put16(msg + 8, 0);
+	put16(msg + 10, 0);
+	return keep;
+}
+
+int
+dnsmsg_rcode(const uint8_t *msg)
+{
+	return msg[3] & 0x0f;
+}
+
+const char *
+dnsmsg_qname_str(const uint8_t *msg, size_t len, char *buf, size_t bufsz)
+{
+	ldns_rdf *name = NULL;
+	size_t pos = DNSMSG_HDR_LEN;
+	char *s;
+
+	snprintf(buf, bufsz, "?");
+	if (ldns_wire2dname(&name, msg, len, &pos) != LDNS_STATUS_OK)
+		return buf;
+	if ((s = ldns_rdf2str(name)) != NULL) {
+		snprintf(buf, bufsz, "%s", s);
+		free(s);
+	}
+	ldns_rdf_deep_free(name);
+	return buf;
+}

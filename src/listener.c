@@ -1,0 +1,411 @@
+#include "config.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+
+#include "stubborn/dnsmsg.h"
+#include "stubborn/listener.h"
+#include "stubborn/log.h"
+#include "stubborn/resolver.h"
+
+#define UDP_BATCH		64	/* datagrams read per wake-up */
+#define TCP_CLIENTS_MAX		1000
+#define TCP_IDLE_SEC		10	/* RFC 7766 6.2.3: seconds, not minutes */
+#define TCP_BACKLOG		128
+
+struct tcp_client {
+	struct listener		*l;
+	TAILQ_ENTRY(tcp_client)	 entry;
+	struct bufferevent	*bev;	/* NULL once closed */
+	struct sockaddr_storage	 addr;
+	socklen_t		 addrlen;
+	bool			 allowed;
+	int			 refs;	/* the listener's + one per query */
+};
+
+struct udp_sock {
+	struct listener		*l;
+	int			 fd;
+	struct event		*ev;
+};
+
+struct listener {
+	struct event_base	*base;
+	const struct config	*cfg;
+	struct resolver		*r;
+	struct udp_sock		**udp;	/* events point at them: no realloc */
+	size_t			 nudp;
+	struct evconnlistener	**tcp;
+	size_t			 ntcp;
+	TAILQ_HEAD(, tcp_client) clients;
+	size_t			 nclients;
+	uint64_t		 full_logged;
+};
+
+static bool
+allowed(const struct listener *l, const struct sockaddr *sa)
+{
+	size_t i;
+
+	for (i = 0; i < l->cfg->nallow; i++)
+		if (config_cidr_match(&l->cfg->allow[i], sa))
+			return true;
+	return false;
+}
+
+/* One query from any client: answer locally or hand to the resolver. */
+static void
+handle_query(struct listener *l, const struct client *c, bool ok,
+    const uint8_t *msg, size_t len)
+{
+	struct dnsmsg_info info;
+	uint8_t buf[DNSMSG_HDR_LEN + 260];
+	size_t n;
+	int rcode;
+
+	switch (dnsmsg_parse_query(msg, len, &info)) {
+	case DNSMSG_DROP:
+		return;
+	case DNSMSG_FORMERR:
+		rcode = DNS_RCODE_FORMERR;
+		break;
+	case DNSMSG_NOTIMP:
+		rcode = DNS_RCODE_NOTIMP;
+		break;
+	case DNSMSG_OK:
+	default:
+		if (ok) {
+			resolver_query(l->r, c, msg, len, &info);
+			return;
+		}
+		rcode = DNS_RCODE_REFUSED;
+		break;
+	}
+	n = dnsmsg_error_reply(msg, len, &info, rcode, buf, sizeof(buf));
+	if (n > 0)
+		listener_answer(c, buf, n, info.udp_size);
+}
+
+static void
+udp_read_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	static uint8_t msg[DNSMSG_MAX_LEN];
+	struct udp_sock *us = arg;
+	struct client c;
+	int i;
+
+	(void)ev;
+	for (i = 0; i < UDP_BATCH; i++) {
+		ssize_t n;
+
+		memset(&c, 0, sizeof(c));
+		c.udp_fd = fd;
+		c.addrlen = sizeof(c.addr);
+		n = recvfrom(fd, msg, sizeof(msg), 0,
+		    (struct sockaddr *)&c.addr, &c.addrlen);
+		if (n < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK &&
+			    errno != EINTR)
+				log_warn("recvfrom");
+			return;
+		}
+		handle_query(us->l, &c, allowed(us->l,
+		    (struct sockaddr *)&c.addr), msg, (size_t)n);
+	}
+}
+
+static void
+tcp_client_unref(struct tcp_client *tc)
+{
+	if (--tc->refs > 0)
+		return;
+	free(tc);
+}
+
+static void
+tcp_client_close(struct tcp_client *tc)
+{
+	struct listener *l = tc->l;
+
+	if (tc->bev == NULL)
+		return;
+	bufferevent_free(tc->bev);
+	tc->bev = NULL;
+	TAILQ_REMOVE(&l->clients, tc, entry);
+	l->nclients--;
+	tcp_client_unref(tc);
+}
+
+static void
+tcp_read_cb(struct bufferevent *bev, void *arg)
+{
+	static uint8_t msg[DNSMSG_MAX_LEN];
+	struct tcp_client *tc = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct client c;
+
+	memset(&c, 0, sizeof(c));
+	c.udp_fd = -1;
+	c.tc = tc;
+	c.addr = tc->addr;
+	c.addrlen = tc->addrlen;
+	/* Pipelined queries (RFC 7766 6.2.1.1) are each handled at once. */
+	while (tc->bev != NULL) {
+		uint8_t hdr[2];
+		size_t len;
+
+		if (evbuffer_copyout(in, hdr, 2) != 2)
+			break;
+		len = (size_t)(hdr[0] << 8 | hdr[1]);
+		if (evbuffer_get_length(in) < 2 + len)
+			break;
+		evbuffer_drain(in, 2);
+		evbuffer_remove(in, msg, len);
+		handle_query(tc->l, &c, tc->allowed, msg, len);
+	}
+}
+
+static void
+tcp_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+	(void)bev;
+	(void)events;
+	tcp_client_close(arg);
+}
+
+static void
+tcp_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
+    struct sockaddr *sa, int salen, void *arg)
+{
+	struct listener *l = arg;
+	struct tcp_client *tc;
+	struct timeval idle = { TCP_IDLE_SEC, 0 };
+
+	(void)el;
+	if (l->nclients >= TCP_CLIENTS_MAX ||
+	    (tc = calloc(1, sizeof(*tc))) == NULL) {
+		uint64_t now = (uint64_t)time(NULL);
+
+		if (now - l->full_logged >= 10) {
+			log_warnx("%zu TCP clients; refusing more",
+			    l->nclients);
+			l->full_logged = now;
+		}
+		close(fd);
+		return;
+	}
+	tc->l = l;
+	tc->refs = 1;
+	memcpy(&tc->addr, sa, (size_t)salen);
+	tc->addrlen = (socklen_t)salen;
+	tc->allowed = allowed(l, sa);
+	tc->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (tc->bev == NULL) {
+		close(fd);
+		free(tc);
+		return;
+	}
+	bufferevent_setcb(tc->bev, tcp_read_cb, NULL, tcp_event_cb, tc);
+	bufferevent_set_timeouts(tc->bev, &idle, NULL);
+	bufferevent_enable(tc->bev, EV_READ);
+	TAILQ_INSERT_TAIL(&l->clients, tc, entry);
+	l->nclients++;
+}
+
+static int
+bind_socket(const struct addr *a, int type)
+{
+	int fd, one = 1;
+
+	fd = socket(a->ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (a->ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == -1 ||
+	    (type == SOCK_STREAM && listen(fd, TCP_BACKLOG) == -1)) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
+/* Bind one listen address for UDP and TCP; 0 or -1 (errno set). */
+static int
+listen_on(struct listener *l, const struct addr *a)
+{
+	struct evconnlistener *el;
+	struct udp_sock *us;
+	void *p;
+	int ufd, tfd;
+
+	if ((ufd = bind_socket(a, SOCK_DGRAM)) == -1)
+		return -1;
+	if ((tfd = bind_socket(a, SOCK_STREAM)) == -1) {
+		int saved = errno;
+
+		close(ufd);
+		errno = saved;
+		return -1;
+	}
+	if ((p = reallocarray(l->udp, l->nudp + 1, sizeof(*l->udp))) == NULL)
+		goto fail;
+	l->udp = p;
+	if ((p = reallocarray(l->tcp, l->ntcp + 1, sizeof(*l->tcp))) == NULL)
+		goto fail;
+	l->tcp = p;
+	el = evconnlistener_new(l->base, tcp_accept_cb, l,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, tfd);
+	if (el == NULL)
+		goto fail;
+	if ((us = calloc(1, sizeof(*us))) == NULL ||
+	    (us->ev = event_new(l->base, ufd, EV_READ | EV_PERSIST,
+	    udp_read_cb, us)) == NULL) {
+		free(us);
+		evconnlistener_free(el);
+		close(ufd);
+		errno = ENOMEM;
+		return -1;
+	}
+	us->l = l;
+	us->fd = ufd;
+	l->udp[l->nudp++] = us;
+	l->tcp[l->ntcp++] = el;
+	return 0;
+fail:
+	close(ufd);
+	close(tfd);
+	errno = ENOMEM;
+	return -1;
+}
+
+struct listener *
+listener_new(struct event_base *base, const struct config *cfg,
+    struct resolver *r)
+{
+	struct listener *l = calloc(1, sizeof(*l));
+	char buf[INET6_ADDRSTRLEN + 16];
+	size_t i;
+
+	if (l == NULL) {
+		log_warn("%s", __func__);
+		return NULL;
+	}
+	l->base = base;
+	l->cfg = cfg;
+	l->r = r;
+	TAILQ_INIT(&l->clients);
+	for (i = 0; i < cfg->nlisten; i++) {
+		config_addr_str(&cfg->listen[i], buf, sizeof(buf));
+		if (listen_on(l, &cfg->listen[i]) == 0) {
+			log_info("listening on %s (UDP and TCP)", buf);
+			continue;
+		}
+		/* A host without IPv6 still gets the IPv4 default. */
+		if (cfg->listen_default &&
+		    cfg->listen[i].ss.ss_family == AF_INET6 &&
+		    (errno == EADDRNOTAVAIL || errno == EAFNOSUPPORT)) {
+			log_warn("not listening on %s", buf);
+			continue;
+		}
+		log_warn("cannot listen on %s", buf);
+		listener_free(l);
+		return NULL;
+	}
+	if (l->nudp == 0) {
+		log_warnx("no address to listen on");
+		listener_free(l);
+		return NULL;
+	}
+	/* Start reading only once every socket is bound. */
+	for (i = 0; i < l->nudp; i++)
+		event_add(l->udp[i]->ev, NULL);
+	return l;
+}
+
+size_t
+listener_count(const struct listener *l)
+{
+	return l->nudp + l->ntcp;
+}
+
+void
+listener_stop(struct listener *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->nudp; i++)
+		event_del(l->udp[i]->ev);
+	for (i = 0; i < l->ntcp; i++)
+		evconnlistener_disable(l->tcp[i]);
+}
+
+void
+listener_free(struct listener *l)
+{
+	struct tcp_client *tc;
+	size_t i;
+
+	if (l == NULL)
+		return;
+	while ((tc = TAILQ_FIRST(&l->clients)) != NULL)
+		tcp_client_close(tc);
+	for (i = 0; i < l->nudp; i++) {
+		event_free(l->udp[i]->ev);
+		close(l->udp[i]->fd);
+		free(l->udp[i]);
+	}
+	for (i = 0; i < l->ntcp; i++)
+		evconnlistener_free(l->tcp[i]);
+	free(l->udp);
+	free(l->tcp);
+	free(l);
+}
+
+void
+listener_answer(const struct client *c, uint8_t *msg, size_t len,
+    uint16_t udp_size)
+{
+	if (c->tc != NULL) {
+		uint8_t hdr[2] = { (uint8_t)(len >> 8), (uint8_t)len };
+
+		if (c->tc->bev == NULL)
+			return;
+		bufferevent_write(c->tc->bev, hdr, sizeof(hdr));
+		bufferevent_write(c->tc->bev, msg, len);
+		return;
+	}
+	len = dnsmsg_truncate(msg, len, udp_size);
+	if (sendto(c->udp_fd, msg, len, 0, (const struct sockaddr *)&c->addr,
+	    c->addrlen) == -1 && errno != EAGAIN && errno != EWOULDBLOCK)
+		log_debug("sendto: %s", strerror(errno));
+}
+
+void
+listener_client_copy(struct client *dst, const struct client *src)
+{
+	*dst = *src;
+	if (dst->tc != NULL)
+		dst->tc->refs++;
+}
+
+void
+listener_client_release(struct client *c)
+{
+	if (c->tc != NULL)
+		tcp_client_unref(c->tc);
+	c->tc = NULL;
+}

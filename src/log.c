@@ -1,0 +1,157 @@
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include <openssl/err.h>
+
+#include "stubborn/log.h"
+
+static int log_foreground = 1;
+static int log_level = LOG_INFO;
+
+static const char *const log_level_str[] = {
+	[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
+	[LOG_ERR] = "error", [LOG_WARNING] = "warning",
+	[LOG_NOTICE] = "notice", [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+};
+
+void
+log_init(int foreground, int level)
+{
+	log_foreground = foreground;
+	log_level = level;
+	if (!foreground)
+		openlog("stubborn", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
+void
+log_setlevel(int level)
+{
+	log_level = level;
+}
+
+int
+log_getlevel(void)
+{
+	return log_level;
+}
+
+static void log_vwrite(int, const char *, va_list, const char *)
+    __attribute__((format(printf, 2, 0)));
+
+static void
+log_vwrite(int pri, const char *fmt, va_list ap, const char *suffix)
+{
+	char msg[2048];
+
+	if (pri > log_level)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (log_foreground) {
+		/* One fprintf per line, so lines from a crash don't interleave. */
+		fprintf(stderr, "%s: %s%s%s\n", log_level_str[pri], msg,
+		    suffix ? ": " : "", suffix ? suffix : "");
+		fflush(stderr);
+	} else {
+		syslog(pri, "%s%s%s", msg, suffix ? ": " : "",
+		    suffix ? suffix : "");
+	}
+}
+
+void
+log_warn(const char *fmt, ...)
+{
+	va_list ap;
+	int saved = errno;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_WARNING, fmt, ap, strerror(saved));
+	va_end(ap);
+	errno = saved;
+}
+
+void
+log_warnx(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_WARNING, fmt, ap, NULL);
+	va_end(ap);
+}
+
+void
+log_info(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_INFO, fmt, ap, NULL);
+	va_end(ap);
+}
+
+void
+log_debug(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_DEBUG, fmt, ap, NULL);
+	va_end(ap);
+}
+
+void
+fatal(const char *fmt, ...)
+{
+	va_list ap;
+	int saved = errno;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_CRIT, fmt, ap, strerror(saved));
+	va_end(ap);
+	exit(1);
+}
+
+void
+fatalx(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_CRIT, fmt, ap, NULL);
+	va_end(ap);
+	exit(1);
+}
+
+void
+log_crypto(const char *what)
+{
+	char buf[256], all[1024] = "";
+	unsigned long e;
+	size_t used = 0;
+
+	while ((e = ERR_get_error()) != 0) {
+		ERR_error_string_n(e, buf, sizeof(buf));
+		if (used < sizeof(all) - 1) {
+			int n = snprintf(all + used, sizeof(all) - used,
+			    "%s%s", used ? "; " : "", buf);
+			if (n > 0)
+				used += (size_t)n;
+		}
+	}
+	log_warnx("%s%s%s", what, used ? ": " : "", all);
+}
+
+void
+log_incident(const char *json)
+{
+	if (log_foreground) {
+		fprintf(stderr, "%s\n", json);
+		fflush(stderr);
+	} else
+		syslog(LOG_ALERT, "%s", json);
+}

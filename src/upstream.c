@@ -1,0 +1,221 @@
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "stubborn/log.h"
+#include "stubborn/tls.h"
+#include "stubborn/upstream.h"
+#include "transport.h"
+
+#define BACKOFF_MAX_SEC		60
+#define TIMEOUTS_DOWN		3	/* consecutive timeouts mark it down */
+
+const char *const upstream_state_str[] = {
+	[UPSTREAM_UP] = "up",
+	[UPSTREAM_DOWN] = "down",
+	[UPSTREAM_QUARANTINED] = "quarantined",
+};
+
+struct upstream_pool {
+	struct event_base	*base;
+	const struct config	*cfg;
+	struct upstream		*ups;
+	size_t			 n;
+	struct upstream_cbs	 cbs;
+};
+
+uint64_t
+upstream_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct upstream_pool *
+upstream_pool_new(struct event_base *base, const struct config *cfg,
+    const struct upstream_cbs *cbs)
+{
+	struct upstream_pool *pool;
+	size_t i;
+
+	if ((pool = calloc(1, sizeof(*pool))) == NULL ||
+	    (pool->ups = calloc(cfg->nupstreams, sizeof(*pool->ups))) == NULL) {
+		free(pool);
+		log_warn("%s", __func__);
+		return NULL;
+	}
+	pool->base = base;
+	pool->cfg = cfg;
+	pool->cbs = *cbs;
+	pool->n = cfg->nupstreams;
+	for (i = 0; i < pool->n; i++) {
+		struct upstream *up = &pool->ups[i];
+
+		up->pool = pool;
+		up->conf = &cfg->upstreams[i];
+		up->index = (unsigned)i;
+		up->ops = &dot_ops;
+		up->state = UPSTREAM_UP;
+		up->quarantine_sec = cfg->quarantine;
+		up->ssl_ctx = tls_ctx_new(up->conf->ca_file ? up->conf->ca_file :
+		    cfg->ca_file);
+		if (up->ssl_ctx == NULL) {
+			log_warnx("upstream %s: cannot load its trust store",
+			    up->conf->name);
+			upstream_pool_free(pool);
+			return NULL;
+		}
+		if (up->conf->npins == 0)
+			log_info("upstream %s: no pins configured; the pin "
+			    "step is skipped for it", up->conf->name);
+	}
+	return pool;
+}
+
+void
+upstream_pool_free(struct upstream_pool *pool)
+{
+	size_t i;
+
+	if (pool == NULL)
+		return;
+	for (i = 0; i < pool->n; i++) {
+		struct upstream *up = &pool->ups[i];
+
+		if (up->conn != NULL)
+			up->ops->close(up->conn);
+		SSL_CTX_free(up->ssl_ctx);
+	}
+	free(pool->ups);
+	free(pool);
+}
+
+static bool
+usable(struct upstream *up, uint64_t now_ms, bool any_down)
+{
+	switch (up->state) {
+	case UPSTREAM_UP:
+		return true;
+	case UPSTREAM_DOWN:
+		return any_down || now_ms >= up->retry_at_ms;
+	case UPSTREAM_QUARANTINED:
+		if (time(NULL) < up->quarantine_until)
+			return false;
+		/* Over: it must pass the whole gate on a new connection. */
+		log_info("upstream %s: quarantine over", up->conf->name);
+		up->state = UPSTREAM_DOWN;
+		up->retry_at_ms = 0;
+		return true;
+	}
+	return false;
+}
+
+struct upstream *
+upstream_pick(struct upstream_pool *pool, uint64_t tried)
+{
+	uint64_t now = upstream_now_ms();
+	int pass;
+	size_t i;
+
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < pool->n; i++) {
+			struct upstream *up = &pool->ups[i];
+
+			if (!(tried & ((uint64_t)1 << i)) &&
+			    usable(up, now, pass == 1))
+				return up;
+		}
+	}
+	return NULL;
+}
+
+void
+upstream_send(struct upstream *up, struct txq *q)
+{
+	if (up->conn == NULL &&
+	    (up->conn = up->ops->open(up, up->pool->base)) == NULL) {
+		up->pool->cbs.failed(up->pool->cbs.arg, q, up, false);
+		return;
+	}
+	up->ops->send(up->conn, q);
+}
+
+void
+upstream_cancel(struct txq *q)
+{
+	if (q->conn != NULL)
+		q->conn->ops->cancel(q->conn, q);
+}
+
+static void
+mark_down(struct upstream *up, const char *why)
+{
+	up->backoff_sec = up->backoff_sec ? up->backoff_sec * 2 : 1;
+	if (up->backoff_sec > BACKOFF_MAX_SEC)
+		up->backoff_sec = BACKOFF_MAX_SEC;
+	up->retry_at_ms = upstream_now_ms() + up->backoff_sec * 1000ULL;
+	if (up->state != UPSTREAM_DOWN)
+		log_warnx("upstream %s: down (%s); retry in %u s",
+		    up->conf->name, why, up->backoff_sec);
+	up->state = UPSTREAM_DOWN;
+}
+
+void
+upstream_note_timeout(struct upstream *up)
+{
+	if (++up->timeouts >= TIMEOUTS_DOWN && up->state == UPSTREAM_UP)
+		mark_down(up, "queries time out");
+}
+
+void
+upstream_conn_event(struct conn *c, enum conn_outcome outcome,
+    const char *json)
+{
+	struct upstream *up = c->up;
+
+	if (outcome != CONN_READY_OK && up->conn == c)
+		up->conn = NULL;
+	switch (outcome) {
+	case CONN_READY_OK:
+		if (up->state != UPSTREAM_UP)
+			log_info("upstream %s: up", up->conf->name);
+		up->state = UPSTREAM_UP;
+		up->backoff_sec = 0;
+		up->timeouts = 0;
+		break;
+	case CONN_FAILED:
+		mark_down(up, "cannot connect");
+		break;
+	case CONN_INCIDENT:
+		log_incident(json);
+		up->state = UPSTREAM_QUARANTINED;
+		up->quarantine_until = time(NULL) + up->quarantine_sec;
+		log_warnx("upstream %s: trust incident; quarantined for %ld s",
+		    up->conf->name, up->quarantine_sec);
+		break;
+	case CONN_CLOSED_IDLE:
+	case CONN_CLOSED_BUSY:
+		break;
+	}
+}
+
+void
+upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
+{
+	struct upstream_pool *pool = c->up->pool;
+
+	c->up->timeouts = 0;
+	pool->cbs.reply(pool->cbs.arg, q, msg, len);
+}
+
+void
+upstream_txq_failed(struct conn *c, struct txq *q, enum conn_outcome why)
+{
+	struct upstream_pool *pool = c->up->pool;
+
+	pool->cbs.failed(pool->cbs.arg, q, c->up, why == CONN_CLOSED_BUSY);
+}

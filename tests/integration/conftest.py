@@ -1,0 +1,167 @@
+"""Fixtures: a session PKI, unbound DoT upstreams on 127.0.0.x and stubborn
+in front of them.  Every process is started here and stopped here by PID,
+whatever the test's outcome; when a test fails its processes' logs are
+attached to the report."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import pki
+import servers
+
+REPO_TOP = Path(__file__).resolve().parents[2]
+
+
+def _attach(request, title, proc):
+    """Register a process whose log belongs in the report if the test fails."""
+    node = request.node
+    if not hasattr(node, "_logged_processes"):
+        node._logged_processes = []
+    node._logged_processes.append((title, proc))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.failed:
+        return
+    for title, proc in getattr(item, "_logged_processes", []):
+        text = proc.log_text()
+        conf = getattr(proc, "conf", None)
+        if conf is not None and Path(conf).exists():
+            text = f"--- conf {conf}\n{Path(conf).read_text()}--- log\n{text}"
+        rep.sections.append((f"{title} ({rep.when})", text or "(empty log)"))
+
+
+def _tool(name, env_var):
+    path = servers.find_tool(name, env_var)
+    if not path:
+        pytest.fail(f"{name} not found (install it, or set {env_var})", pytrace=False)
+    return path
+
+
+def _stubborn_path():
+    return os.path.abspath(os.environ.get("STUBBORN") or str(REPO_TOP / "stubborn"))
+
+
+def pytest_sessionstart(session):
+    # One clear message instead of every test erroring on the same fixture.
+    path = _stubborn_path()
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        pytest.exit(f"stubborn binary not found at {path}: build it, or set "
+                    f"STUBBORN to its path", returncode=1)
+
+
+@pytest.fixture(scope="session")
+def stubborn_bin():
+    return _stubborn_path()
+
+
+@pytest.fixture(scope="session")
+def unbound_bin():
+    return _tool("unbound", "UNBOUND")
+
+
+@pytest.fixture(scope="session")
+def kdig_bin():
+    return _tool("kdig", "KDIG")
+
+
+@pytest.fixture(scope="session")
+def dig_bin():
+    return _tool("dig", "DIG")
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    return pki.build(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def ipv6():
+    return servers.ipv6_loopback_usable()
+
+
+class _Addresses:
+    """Hands out 127.0.0.2, .3, ... so each upstream of a test has its own
+    address, as real providers do."""
+
+    def __init__(self):
+        self.next = 2
+
+    def take(self):
+        addr = f"127.0.0.{self.next}"
+        self.next += 1
+        return addr
+
+
+@pytest.fixture
+def addresses():
+    return _Addresses()
+
+
+@pytest.fixture
+def upstream(request, unbound_bin, certs, tmp_path, addresses):
+    """Factory: upstream(name, cert="good") starts an unbound DoT server whose
+    who.zone.test marker is `name` (also its stubborn section name)."""
+    started = []
+
+    def start(name, cert="good"):
+        u = servers.Unbound(unbound_bin, name, addresses.take(), certs[cert],
+                            tmp_path / f"unbound-{name}")
+        started.append(u)
+        _attach(request, f"unbound {name} [{cert}] {u.address}", u)
+        return u.start()
+
+    yield start
+    for u in reversed(started):
+        u.stop()
+
+
+@pytest.fixture
+def closed_upstream(addresses):
+    """Factory: an upstream section pointing at an address and port where
+    nothing listens, so connecting fails at once."""
+    def make(name, **kw):
+        addr = addresses.take()
+        return servers.UpstreamSpec(name, addr, servers.free_port([addr]), **kw)
+    return make
+
+
+@pytest.fixture
+def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream):
+    """Factory: stubborn(specs, **conf options) writes a conf, starts
+    `stubborn run -c CONF -f` and returns once it has logged 'ready'.
+    Teardown sends SIGTERM and requires exit status 0, which is also how a
+    sanitizer build reports leaks."""
+    # Depending on `upstream` makes pytest stop stubborn before its upstreams.
+    started = []
+
+    def start(specs, ca_file=None, **kw):
+        n = len(started)
+        listen = ["127.0.0.1"] + (["::1"] if ipv6 else [])
+        port = servers.free_port(listen)
+        text = servers.stubborn_conf(port, specs, ca_file or certs.root_pem, ipv6, **kw)
+        s = servers.Stubborn(stubborn_bin, tmp_path / f"stubborn-{n}", port, text)
+        started.append(s)
+        _attach(request, f"stubborn #{n}", s)
+        return s.start()
+
+    yield start
+
+    problems = []
+    for s in started:
+        status, hung = s.stop()
+        if not s.ready:
+            continue  # its failure to start was already reported
+        if hung:
+            problems.append(f"{s.conf}: stubborn did not exit within "
+                            f"{servers.STOP_TIMEOUT}s of SIGTERM")
+        elif status != 0:
+            problems.append(f"{s.conf}: stubborn exited with status {status} "
+                            f"after SIGTERM (expected 0)")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

@@ -1,0 +1,337 @@
+"""The processes the suite runs: unbound as a DoT upstream and stubborn
+itself, plus the zone data the upstreams serve so tests can compute the
+answer they expect."""
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pki
+
+ZONE = "zone.test."
+ZONE_NAMES = 300
+# Names under this label all answer with the serving upstream's own name, so a
+# test can ask a fresh name each time (no cache could answer it) and still
+# learn which upstream did.
+WHO = "who." + ZONE
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+def zone_name(i):
+    return f"n{i}.{ZONE}"
+
+
+def zone_a(i):
+    return f"198.18.{i // 256}.{i % 256}"
+
+
+def zone_aaaa(i):
+    return f"2001:db8::{i + 1:x}"
+
+
+def zone_txt(i):
+    return f"txt-{i}"
+
+
+def who_name(tag):
+    return f"{tag}.{WHO}"
+
+
+def find_tool(name, env_var):
+    """Locate an external program: an env override first, then PATH, then the
+    sbin directories a non-root PATH often lacks (unbound lives there)."""
+    override = os.environ.get(env_var)
+    if override:
+        return override
+    extra = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+    path = os.environ.get("PATH", os.defpath) + os.pathsep + extra
+    return shutil.which(name, path=path)
+
+
+def ipv6_loopback_usable():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def free_port(addresses):
+    """A port free for both TCP and UDP on every given address.  Drawn below
+    the kernel's usual ephemeral range so that the outgoing connections of
+    the processes under test do not take it between this check and bind."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        socks = []
+        try:
+            for addr in addresses:
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(family, kind)
+                    socks.append(s)
+                    s.bind((addr, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no free port on {addresses}")
+
+
+def _terminate(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+    """Stop one child by its PID; escalate to SIGKILL if it hangs.  Returns
+    (exit status, whether it had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode, False
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=timeout), True
+
+
+def _read(path):
+    try:
+        return Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+@dataclass
+class UpstreamSpec:
+    """One [upstream NAME] section of a stubborn conf."""
+    name: str
+    address: str
+    port: int
+    hostname: str = pki.HOSTNAME
+    pins: tuple = ()
+    ca_file: object = None
+    extra: tuple = ()
+
+    @property
+    def url(self):
+        return f"tls://{self.hostname}:{self.port}"
+
+    def section(self):
+        lines = [f"[upstream {self.name}]", f"url = {self.url}",
+                 f"address = {self.address}"]
+        lines += [f"pin = {p}" for p in self.pins]
+        if self.ca_file is not None:
+            lines.append(f"ca-file = {self.ca_file}")
+        lines += list(self.extra)
+        return "\n".join(lines) + "\n"
+
+
+class Unbound:
+    """unbound serving the test zone over DoT on its own loopback address."""
+
+    # One line per query with log-queries: "... info: <ip> <name> <type> IN".
+    QUERY_LINE = re.compile(r"\binfo: (\S+) (\S+) (\S+) IN$")
+
+    def __init__(self, binary, name, address, cert, workdir):
+        self.binary = binary
+        self.name = name
+        self.address = address
+        self.cert = cert
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "unbound.conf"
+        self.log = self.dir / "unbound.log"
+        self.stdout = self.dir / "unbound.stdout"
+        self.port = free_port([address])
+        self.proc = None
+
+    def spec(self, pins=(), ca_file=None, hostname=pki.HOSTNAME, extra=()):
+        return UpstreamSpec(self.name, self.address, self.port, hostname,
+                            tuple(pins), ca_file, tuple(extra))
+
+    def _config(self):
+        lines = [
+            "server:",
+            "  verbosity: 1",
+            "  do-daemonize: no",
+            "  use-syslog: no",
+            f'  logfile: "{self.log}"',
+            '  username: ""',
+            '  chroot: ""',
+            f'  directory: "{self.dir}"',
+            '  pidfile: ""',
+            "  num-threads: 1",
+            "  interface-automatic: no",
+            f"  interface: {self.address}@{self.port}",
+            f"  tls-port: {self.port}",
+            f'  tls-service-key: "{self.cert.key_pem}"',
+            f'  tls-service-pem: "{self.cert.chain_pem}"',
+            "  access-control: 127.0.0.0/8 allow",
+            # The default of 10 would make the concurrency tests measure
+            # unbound's limit rather than stubborn.
+            "  incoming-num-tcp: 512",
+            "  log-queries: yes",
+            '  module-config: "iterator"',
+            # Nothing may leave the machine: refuse everything not local.
+            '  local-zone: "." refuse',
+            # Without nodefault unbound answers the special-use test. itself.
+            '  local-zone: "test." nodefault',
+            f'  local-zone: "{ZONE}" static',
+            f'  local-data: "a.{ZONE} 300 IN A 192.0.2.1"',
+        ]
+        for i in range(ZONE_NAMES):
+            n = zone_name(i)
+            lines.append(f'  local-data: "{n} 300 IN A {zone_a(i)}"')
+            lines.append(f'  local-data: "{n} 300 IN AAAA {zone_aaaa(i)}"')
+            lines.append(f"  local-data: '{n} 300 IN TXT \"{zone_txt(i)}\"'")
+        lines.append(f'  local-zone: "{WHO}" redirect')
+        lines.append(f"  local-data: '{WHO} 300 IN TXT \"{self.name}\"'")
+        return "\n".join(lines) + "\n"
+
+    def start(self):
+        self.conf.write_text(self._config())
+        with open(self.stdout, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "-d", "-c", str(self.conf)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self._wait_tls()
+        return self
+
+    def _wait_tls(self):
+        # A bare handshake proves the TLS listener is up without sending a
+        # query, so queries_seen() stays at zero for the rogue servers.
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        deadline = time.monotonic() + START_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"unbound {self.name} exited with {self.proc.returncode}:\n"
+                    f"{self.log_text()}")
+            try:
+                with socket.create_connection((self.address, self.port), timeout=1) as raw:
+                    with ctx.wrap_socket(raw, server_hostname=pki.HOSTNAME):
+                        return
+            except OSError as e:
+                last = e
+                time.sleep(0.05)
+        raise RuntimeError(f"unbound {self.name} did not accept TLS on "
+                           f"{self.address}:{self.port} within {START_TIMEOUT}s "
+                           f"({last}):\n{self.log_text()}")
+
+    def queries(self):
+        """(client, name, type) of every query unbound has received."""
+        found = []
+        for line in _read(self.log).splitlines():
+            m = self.QUERY_LINE.search(line)
+            if m:
+                found.append(m.groups())
+        return found
+
+    def queries_seen(self):
+        return len(self.queries())
+
+    def kill(self):
+        """Stop it abruptly, as a crash would."""
+        if self.proc is not None:
+            _terminate(self.proc, signal.SIGKILL)
+
+    def stop(self):
+        if self.proc is not None:
+            _terminate(self.proc)
+
+    def log_text(self):
+        return _read(self.log) + _read(self.stdout)
+
+
+class Stubborn:
+    """The binary under test, run in the foreground with its log captured."""
+
+    READY = re.compile(r"\bready\b")
+
+    def __init__(self, binary, workdir, port, conf_text):
+        self.binary = binary
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.conf = self.dir / "stubborn.conf"
+        self.conf.write_text(conf_text)
+        self.log = self.dir / "stubborn.log"
+        self.proc = None
+        self.ready = False
+        self.exit_status = None
+
+    def start(self):
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "run", "-c", str(self.conf), "-f"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.READY.search(self.log_text()):
+                self.ready = True
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"stubborn exited with status {self.proc.returncode} before "
+                    f"logging 'ready'.\nconf:\n{self.conf.read_text()}\n"
+                    f"log:\n{self.log_text()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"stubborn logged no 'ready' line within "
+                           f"{START_TIMEOUT}s.\nlog:\n{self.log_text()}")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        """SIGTERM and wait; returns (exit status, whether it hung)."""
+        if self.proc is None:
+            return None, False
+        status, hung = _terminate(self.proc)
+        self.exit_status = status
+        return status, hung
+
+    def log_text(self):
+        return _read(self.log)
+
+    def incidents(self):
+        """Every trust-incident record: one JSON object alone on its line."""
+        found = []
+        for line in self.log_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("event") == "trust-incident":
+                found.append(obj)
+        return found
+
+
+def stubborn_conf(port, upstreams, ca_file, listen_v6, allow=None,
+                  quarantine=3600, server_extra=(), trust_extra=()):
+    lines = ["[server]", f"listen = 127.0.0.1:{port}"]
+    if listen_v6:
+        lines.append(f"listen = [::1]:{port}")
+    if allow is not None:
+        lines.append(f"allow = {allow}")
+    lines += list(server_extra)
+    lines += ["", "[trust]", f"ca-file = {ca_file}", f"quarantine = {quarantine}"]
+    lines += list(trust_extra)
+    text = "\n".join(lines) + "\n"
+    for u in upstreams:
+        text += "\n" + u.section()
+    return text

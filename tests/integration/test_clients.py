@@ -1,0 +1,114 @@
+"""What the listener does with clients it should not trust: garbage packets
+do not take it down, and addresses outside `allow` are REFUSED without a
+byte going upstream."""
+
+import os
+import socket
+import struct
+
+import dns.message
+import dns.rcode
+import pytest
+
+import clients
+import servers
+
+GARBAGE_WAIT = 0.5
+
+
+def _udp_exchange(port, payload):
+    """Send raw bytes; return whatever comes back within a short wait."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(GARBAGE_WAIT)
+        s.sendto(payload, ("127.0.0.1", port))
+        try:
+            return s.recv(65535)
+        except socket.timeout:
+            return None
+
+
+def _still_answers(s):
+    for tcp in (False, True):
+        q, r = clients.ask(s.port, servers.zone_name(11), "A", tcp=tcp)
+        assert r.id == q.id
+        assert clients.answer_strings(r, "A") == [servers.zone_a(11)]
+    assert s.alive()
+
+
+@pytest.fixture
+def resolver(upstream, stubborn):
+    first = upstream("first")
+    s = stubborn([first.spec()])
+    s.upstream = first
+    return s
+
+
+def test_malformed_udp_does_not_crash(resolver):
+    header_only = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    # A question whose name runs past the end of the packet.
+    truncated_name = header_only + b"\x07example\x03co"
+    # A compression pointer that points at itself.
+    pointer_loop = header_only + b"\xc0\x0c\x00\x01\x00\x01"
+    response_bit = struct.pack("!HHHHHH", 0x4343, 0x8180, 1, 0, 0, 0) + \
+        dns.message.make_query("a.zone.test", "A").to_wire()[12:]
+    packets = [os.urandom(5), b"", b"\x00", header_only, truncated_name, pointer_loop,
+               response_bit, os.urandom(512)]
+    for p in packets:
+        reply = _udp_exchange(resolver.port, p)
+        if reply is not None and p in (header_only, truncated_name, pointer_loop):
+            # Answering is optional; answering anything but FORMERR to a
+            # question it could not read is not.
+            assert len(reply) >= 12
+            rid, flags = struct.unpack("!HH", reply[:4])
+            assert rid == struct.unpack("!H", p[:2])[0]
+            assert flags & 0x8000, "reply without the QR bit"
+            assert flags & 0x000F == dns.rcode.FORMERR, f"rcode {flags & 0xF}"
+        if p is response_bit:
+            # A response is never answered: that is how reflection loops start.
+            assert reply is None, reply
+        assert resolver.alive(), f"stubborn died on {p!r}"
+    _still_answers(resolver)
+    assert resolver.upstream.queries_seen() >= 1
+
+
+def test_malformed_tcp_does_not_crash(resolver):
+    port = resolver.port
+    # Framed garbage, then a frame promising more than ever arrives, then a
+    # bare half length prefix: each connection is simply closed by the client.
+    for payload in [struct.pack("!H", 5) + os.urandom(5),
+                    struct.pack("!H", 512) + b"abc",
+                    b"\x00",
+                    struct.pack("!H", 0)]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(GARBAGE_WAIT)
+            try:
+                s.recv(65535)
+            except (socket.timeout, ConnectionError):
+                pass
+        assert resolver.alive()
+    _still_answers(resolver)
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_client_outside_allow_is_refused(upstream, stubborn, tcp):
+    first = upstream("first")
+    s = stubborn([first.spec()], allow="127.0.0.2/32")
+    q, r = clients.ask(s.port, servers.zone_name(1), "A", tcp=tcp, source="127.0.0.1")
+    assert r.id == q.id
+    assert r.rcode() == dns.rcode.REFUSED, clients.rcode_text(r)
+    assert r.answer == []
+    assert first.queries_seen() == 0, first.queries()
+    # The one allowed address still gets answers on the same listener.
+    q, r = clients.ask(s.port, servers.zone_name(2), "A", tcp=tcp, source="127.0.0.2")
+    assert clients.answer_strings(r, "A") == [servers.zone_a(2)]
+
+
+def test_allow_covering_client_answers(upstream, stubborn):
+    first = upstream("first")
+    s = stubborn([first.spec()], allow="127.0.0.0/8, ::1/128")
+    for tcp in (False, True):
+        q, r = clients.ask(s.port, servers.zone_name(3), "A", tcp=tcp, source="127.0.0.1")
+        assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+        assert clients.answer_strings(r, "A") == [servers.zone_a(3)]

@@ -1,0 +1,151 @@
+"""The conf and CLI contract: bad files are rejected with FILE:LINE before
+anything runs, check-config shows what would run, and `pin` prints pins
+ready to paste."""
+
+import base64
+import re
+import subprocess
+
+import pytest
+
+import pki
+
+BASE = """\
+# a comment, so line numbers are not trivially 1
+[server]
+listen = 127.0.0.1:5353
+allow = 127.0.0.0/8
+
+[trust]
+ca-file = {ca}
+quarantine = 3600
+
+[upstream first]
+url = tls://dns.test:8853
+address = 127.0.0.2
+pin = {pin}
+
+[upstream second]
+url = tls://dns.test:8853
+address = 127.0.0.3
+"""
+
+PIN31 = "sha256/" + base64.b64encode(b"\x01" * 31).decode()
+PIN33 = "sha256/" + base64.b64encode(b"\x01" * 33).decode()
+
+
+def _lines(certs):
+    return BASE.format(ca=certs.root_pem, pin=certs["good"].pin).splitlines()
+
+
+def _replace(lines, old, new):
+    """Replace the line starting with `old`; return (lines, its 1-based number)."""
+    for i, line in enumerate(lines):
+        if line.startswith(old):
+            out = list(lines)
+            out[i] = new
+            return out, i + 1
+    raise AssertionError(f"no line starting with {old!r}")
+
+
+def _insert_after(lines, anchor, new):
+    for i, line in enumerate(lines):
+        if line.startswith(anchor):
+            out = list(lines)
+            out.insert(i + 1, new)
+            return out, i + 2
+    raise AssertionError(f"no line starting with {anchor!r}")
+
+
+# Each case: how to damage the good conf; returns (lines, line number blamed).
+BAD = {
+    "unknown-key-server": lambda l: _insert_after(l, "listen", "lisen = 127.0.0.1:53"),
+    "unknown-key-trust": lambda l: _insert_after(l, "quarantine", "quarantaine = 60"),
+    "unknown-key-upstream": lambda l: _insert_after(l, "address = 127.0.0.3", "pins = x"),
+    "listen-bad-ip": lambda l: _replace(l, "listen", "listen = 999.0.0.1:5353"),
+    "listen-bad-port": lambda l: _replace(l, "listen", "listen = 127.0.0.1:70000"),
+    "listen-unclosed-bracket": lambda l: _replace(l, "listen", "listen = [::1:5353"),
+    "listen-junk": lambda l: _replace(l, "listen", "listen = not an address"),
+    "pin-not-base64": lambda l: _replace(l, "pin", "pin = sha256/not*base64!"),
+    "pin-31-bytes": lambda l: _replace(l, "pin", f"pin = {PIN31}"),
+    "pin-33-bytes": lambda l: _replace(l, "pin", f"pin = {PIN33}"),
+    "pin-wrong-hash": lambda l: _replace(
+        l, "pin", "pin = sha1/" + base64.b64encode(b"\x01" * 20).decode()),
+    "pin-no-prefix": lambda l: _replace(
+        l, "pin", "pin = " + base64.b64encode(b"\x01" * 32).decode()),
+    "url-empty-host": lambda l: _replace(l, "url = tls://dns.test:8853", "url = tls://:853"),
+    "url-ipv4-literal": lambda l: _replace(l, "url = tls://dns.test:8853", "url = tls://192.0.2.1"),
+    "url-ipv4-literal-port": lambda l: _replace(l, "url = tls://dns.test:8853",
+                                                "url = tls://192.0.2.1:853"),
+    "url-ipv6-literal": lambda l: _replace(l, "url = tls://dns.test:8853",
+                                           "url = tls://[2001:db8::1]:853"),
+    "unknown-section": lambda l: _insert_after(l, "quarantine", "[bogus]"),
+    "unknown-section-with-key": lambda l: (l + ["[resolver]", "threads = 2"], len(l) + 1),
+}
+
+
+def _run(cmd, timeout=20):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{cmd} still running after {timeout}s: it accepted a bad conf? "
+                    f"output: {e.stdout!r} {e.stderr!r}")
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_bad_conf_is_rejected_with_file_and_line(stubborn_bin, certs, tmp_path, case, command):
+    lines, lineno = BAD[case](_lines(certs))
+    conf = tmp_path / f"{case}.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    cmd = [stubborn_bin, command, "-c", str(conf)] + (["-f"] if command == "run" else [])
+    p = _run(cmd)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    blamed = re.findall(re.escape(str(conf)) + r":(\d+): \S", p.stderr)
+    assert blamed, f"no '{conf}:LINE: message' on stderr:\n{p.stderr}"
+    assert str(lineno) in blamed, f"expected line {lineno}, got {blamed}:\n{p.stderr}"
+
+
+def test_good_conf_is_accepted_and_printed(stubborn_bin, certs, tmp_path):
+    conf = tmp_path / "good.conf"
+    conf.write_text("\n".join(_lines(certs)) + "\n")
+    p = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    out = p.stdout
+    for needle in ("first", "second", "tls://dns.test:8853", "127.0.0.2", "127.0.0.3",
+                   certs["good"].pin, "127.0.0.1:5353"):
+        assert needle in out, f"{needle!r} missing from check-config output:\n{out}"
+    # Written in the order given, since the order is the failover order.
+    assert out.index("first") < out.index("second")
+
+
+def test_missing_conf_file_is_an_input_error(stubborn_bin, tmp_path):
+    p = _run([stubborn_bin, "check-config", "-c", str(tmp_path / "absent.conf")])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "absent.conf" in p.stderr
+
+
+def _pins_printed(stdout):
+    return re.findall(r"^\s*pin = (sha256/[A-Za-z0-9+/=]+)\s*$", stdout, re.M)
+
+
+def test_pin_command_prints_chain_pins(stubborn_bin, upstream, certs):
+    u = upstream("first", "good")
+    p = _run([stubborn_bin, "pin", f"tls://{pki.HOSTNAME}:{u.port}",
+              "--address", u.address, "--ca-file", str(certs.root_pem)])
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    pins = _pins_printed(p.stdout)
+    assert certs["good"].pin in pins, p.stdout
+    assert pki.spki_pin(certs.intermediate) in pins, p.stdout
+    chain = {certs["good"].pin, pki.spki_pin(certs.intermediate), pki.spki_pin(certs.root)}
+    assert set(pins) <= chain, f"pins of certificates not in the chain: {p.stdout}"
+
+
+@pytest.mark.parametrize("cert", ["wrongname", "untrusted"])
+def test_pin_command_refuses_unverified_server(stubborn_bin, upstream, certs, cert):
+    u = upstream("first", cert)
+    p = _run([stubborn_bin, "pin", f"tls://{pki.HOSTNAME}:{u.port}",
+              "--address", u.address, "--ca-file", str(certs.root_pem)])
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert _pins_printed(p.stdout) == [], p.stdout

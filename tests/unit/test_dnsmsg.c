@@ -1,0 +1,279 @@
+/* Wire helpers: query checks, error answers, reply matching, truncation. */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "stubborn/dnsmsg.h"
+
+/* "www.Example.com. A IN", ID 0x1234, RD. */
+static const uint8_t query_a[] = {
+	0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	3, 'w', 'w', 'w', 7, 'E', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o',
+	'm', 0, 0x00, 0x01, 0x00, 0x01,
+};
+#define QUERY_A_QEND	sizeof(query_a)
+
+/* The same with an OPT record: 4096 bytes, DO set. */
+static const uint8_t query_opt[] = {
+	0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+	3, 'w', 'w', 'w', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o',
+	'm', 0, 0x00, 0x1c, 0x00, 0x01,
+	0, 0x00, 0x29, 0x10, 0x00, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00,
+};
+
+static void
+parse_plain_query(void **state)
+{
+	struct dnsmsg_info info;
+
+	(void)state;
+	assert_int_equal(dnsmsg_parse_query(query_a, sizeof(query_a), &info),
+	    DNSMSG_OK);
+	assert_int_equal(info.id, 0x1234);
+	assert_int_equal(info.qtype, 1);
+	assert_int_equal(info.qclass, 1);
+	assert_int_equal(info.qend, QUERY_A_QEND);
+	assert_int_equal(info.udp_size, 512);
+	assert_false(info.edns);
+	assert_false(info.do_bit);
+}
+
+static void
+parse_edns_query(void **state)
+{
+	struct dnsmsg_info info;
+
+	(void)state;
+	assert_int_equal(dnsmsg_parse_query(query_opt, sizeof(query_opt),
+	    &info), DNSMSG_OK);
+	assert_int_equal(info.qtype, 28);
+	assert_true(info.edns);
+	assert_true(info.do_bit);
+	assert_int_equal(info.udp_size, 4096);
+}
+
+static void
+parse_rejects(void **state)
+{
+	uint8_t m[sizeof(query_opt) + 300];
+	struct dnsmsg_info info;
+	size_t i;
+
+	(void)state;
+	/* Too short, or a response: not worth an answer. */
+	assert_int_equal(dnsmsg_parse_query(query_a, 11, &info), DNSMSG_DROP);
+	memcpy(m, query_a, sizeof(query_a));
+	m[2] |= 0x80;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_DROP);
+
+	/* Opcode STATUS. */
+	memcpy(m, query_a, sizeof(query_a));
+	m[2] = 0x10;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_NOTIMP);
+
+	/* QDCOUNT 0 and 2. */
+	memcpy(m, query_a, sizeof(query_a));
+	m[5] = 0;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_FORMERR);
+	m[5] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_FORMERR);
+
+	/* Header only, though QDCOUNT says 1; and every shorter cut. */
+	for (i = 12; i < sizeof(query_a); i++)
+		assert_int_equal(dnsmsg_parse_query(query_a, i, &info),
+		    DNSMSG_FORMERR);
+
+	/* A compression pointer in the question. */
+	memcpy(m, query_a, sizeof(query_a));
+	m[12] = 0xc0;
+	m[13] = 0x0c;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_FORMERR);
+
+	/* An additional record announced but missing, or cut short. */
+	memcpy(m, query_a, sizeof(query_a));
+	m[11] = 1;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_FORMERR);
+	for (i = sizeof(query_a); i < sizeof(query_opt); i++)
+		assert_int_equal(dnsmsg_parse_query(query_opt, i, &info),
+		    DNSMSG_FORMERR);
+
+	/* Two OPT records (RFC 6891 6.1.1). */
+	memcpy(m, query_opt, sizeof(query_opt));
+	memcpy(m + sizeof(query_opt), query_opt + sizeof(query_a),
+	    sizeof(query_opt) - sizeof(query_a));
+	m[11] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, 2 * sizeof(query_opt) -
+	    sizeof(query_a), &info), DNSMSG_FORMERR);
+
+	/* A name of more than 255 bytes. */
+	memset(m, 0, sizeof(m));
+	memcpy(m, query_a, 12);
+	for (i = 0; i < 5; i++) {
+		m[12 + i * 60] = 59;
+		memset(m + 13 + i * 60, 'a', 59);
+	}
+	assert_int_equal(dnsmsg_parse_query(m, 12 + 300 + 5, &info),
+	    DNSMSG_FORMERR);
+}
+
+static void
+error_reply(void **state)
+{
+	struct dnsmsg_info info;
+	uint8_t out[512];
+	size_t n;
+
+	(void)state;
+	dnsmsg_parse_query(query_a, sizeof(query_a), &info);
+	n = dnsmsg_error_reply(query_a, sizeof(query_a), &info,
+	    DNS_RCODE_SERVFAIL, out, sizeof(out));
+	assert_int_equal(n, QUERY_A_QEND);
+	assert_int_equal(dnsmsg_get_id(out), 0x1234);
+	assert_true(out[2] & 0x80);		/* QR */
+	assert_true(out[2] & 0x01);		/* RD echoed */
+	assert_int_equal(dnsmsg_rcode(out), DNS_RCODE_SERVFAIL);
+	assert_int_equal(out[5], 1);
+	assert_int_equal(out[11], 0);
+	assert_memory_equal(out + 12, query_a + 12, QUERY_A_QEND - 12);
+	assert_true(dnsmsg_reply_matches(out, n, query_a, QUERY_A_QEND));
+
+	/* The OPT record is not echoed: counts all zero but the question. */
+	dnsmsg_parse_query(query_opt, sizeof(query_opt), &info);
+	n = dnsmsg_error_reply(query_opt, sizeof(query_opt), &info,
+	    DNS_RCODE_REFUSED, out, sizeof(out));
+	assert_int_equal(out[11], 0);
+	assert_int_equal(dnsmsg_rcode(out), DNS_RCODE_REFUSED);
+
+	/* FORMERR for a query whose question did not parse: header only. */
+	assert_int_equal(dnsmsg_parse_query(query_a, 20, &info),
+	    DNSMSG_FORMERR);
+	n = dnsmsg_error_reply(query_a, 20, &info, DNS_RCODE_FORMERR, out,
+	    sizeof(out));
+	assert_int_equal(n, 12);
+	assert_int_equal(out[5], 0);
+	assert_int_equal(dnsmsg_rcode(out), DNS_RCODE_FORMERR);
+
+	/* Too small an output buffer. */
+	assert_int_equal(dnsmsg_error_reply(query_a, sizeof(query_a), &info,
+	    DNS_RCODE_FORMERR, out, 11), 0);
+}
+
+static void
+reply_matching(void **state)
+{
+	uint8_t r[sizeof(query_a) + 16];
+
+	(void)state;
+	memcpy(r, query_a, sizeof(query_a));
+	r[2] |= 0x80;
+	assert_true(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	/* Case differs (0x20 randomisation): still the same question. */
+	r[13] = 'W';
+	r[17] = 'e';
+	assert_true(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	/* Another name, type, class; a query, not a response; too short. */
+	r[14] = 'x';
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	r[14] = 'w';
+	r[sizeof(query_a) - 3] = 28;
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	r[sizeof(query_a) - 3] = 1;
+	r[sizeof(query_a) - 1] = 3;
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	r[sizeof(query_a) - 1] = 1;
+	assert_true(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a) - 1, query_a,
+	    QUERY_A_QEND));
+	r[2] &= 0x7f;
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	/* A label length that differs ends the comparison safely. */
+	r[2] |= 0x80;
+	r[12] = 60;
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+}
+
+static void
+truncation(void **state)
+{
+	uint8_t r[1000];
+	size_t n;
+
+	(void)state;
+	memset(r, 0xaa, sizeof(r));
+	memcpy(r, query_a, sizeof(query_a));
+	r[2] |= 0x80;
+	r[7] = 20;	/* ANCOUNT, whatever follows */
+	assert_int_equal(dnsmsg_truncate(r, 512, 512), 512);
+	assert_false(r[2] & 0x02);
+	n = dnsmsg_truncate(r, sizeof(r), 512);
+	assert_int_equal(n, QUERY_A_QEND);
+	assert_true(r[2] & 0x02);
+	assert_int_equal(r[5], 1);
+	assert_int_equal(r[7], 0);
+	assert_true(dnsmsg_reply_matches(r, n, query_a, QUERY_A_QEND));
+}
+
+static void
+skip_name(void **state)
+{
+	static const uint8_t m[] = {
+		1, 'a', 0, 0xc0, 0x00, 2, 'b', 0xc0, 0x00, 0x40,
+	};
+
+	(void)state;
+	assert_int_equal(dnsmsg_skip_name(m, sizeof(m), 0), 3);
+	assert_int_equal(dnsmsg_skip_name(m, sizeof(m), 3), 5);
+	assert_int_equal(dnsmsg_skip_name(m, sizeof(m), 5), 9);
+	assert_int_equal(dnsmsg_skip_name(m, 8, 5), -1);	/* cut pointer */
+	assert_int_equal(dnsmsg_skip_name(m, sizeof(m), 9), -1);
+	assert_int_equal(dnsmsg_skip_name(m, 2, 0), -1);
+}
+
+static void
+qname_text(void **state)
+{
+	char buf[64];
+
+	(void)state;
+	assert_string_equal(dnsmsg_qname_str(query_a, sizeof(query_a), buf,
+	    sizeof(buf)), "www.Example.com.");
+	assert_string_equal(dnsmsg_qname_str(query_a, 14, buf, sizeof(buf)),
+	    "?");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(parse_plain_query),
+		cmocka_unit_test(parse_edns_query),
+		cmocka_unit_test(parse_rejects),
+		cmocka_unit_test(error_reply),
+		cmocka_unit_test(reply_matching),
+		cmocka_unit_test(truncation),
+		cmocka_unit_test(skip_name),
+		cmocka_unit_test(qname_text),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
