@@ -30,7 +30,9 @@ def pytest_runtest_makereport(item, call):
         return
     for title, proc in getattr(item, "_logged_processes", []):
         text = proc.log_text()
-        conf = getattr(proc, "conf", None)
+        # stubborn's conf is short and is half the story; unbound's is the
+        # same generated zone every time.
+        conf = getattr(proc, "conf", None) if isinstance(proc, servers.Stubborn) else None
         if conf is not None and Path(conf).exists():
             text = f"--- conf {conf}\n{Path(conf).read_text()}--- log\n{text}"
         rep.sections.append((f"{title} ({rep.when})", text or "(empty log)"))

@@ -20,7 +20,7 @@ fi
 PYTHONDONTWRITEBYTECODE=1
 export PYTHONDONTWRITEBYTECODE
 
-"$python" -m pytest -p no:cacheprovider -v "$here"
+"$python" -m pytest -p no:cacheprovider -v "$here" "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
 	echo "$0: pytest collected no tests" >&2
