@@ -10,8 +10,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 # from its packages, and whatever python3 is first on PATH may lack them.
 python=/usr/bin/python3
 
-if ! "$python" -c 'import pytest, dns.message, cryptography' 2>/dev/null; then
-	echo "$0: $python cannot import pytest, dnspython and cryptography;" >&2
+if [ ! -x "$python" ]; then
+	echo "$0: $python not found; the suite needs Debian's python3" >&2
+	exit 1
+fi
+if ! why=$("$python" -c 'import pytest, dns.message, cryptography' 2>&1); then
+	echo "$0: $python cannot run the suite: $(echo "$why" | tail -n 1)" >&2
 	echo "$0: install python3-pytest python3-dnspython python3-cryptography" >&2
 	exit 1
 fi

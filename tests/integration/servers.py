@@ -44,6 +44,15 @@ def zone_txt(i):
     return f"txt-{i}"
 
 
+# An RRset too large for a 512-byte UDP answer, to exercise truncation.
+BIG = "big." + ZONE
+BIG_COUNT = 30
+
+
+def big_txt(i):
+    return f"big-{i:02d}-" + "x" * 50
+
+
 def who_name(tag):
     return f"{tag}.{WHO}"
 
@@ -194,6 +203,8 @@ class Unbound:
             lines.append(f'  local-data: "{n} 300 IN A {zone_a(i)}"')
             lines.append(f'  local-data: "{n} 300 IN AAAA {zone_aaaa(i)}"')
             lines.append(f"  local-data: '{n} 300 IN TXT \"{zone_txt(i)}\"'")
+        for i in range(BIG_COUNT):
+            lines.append(f"  local-data: '{BIG} 300 IN TXT \"{big_txt(i)}\"'")
         lines.append(f'  local-zone: "{WHO}" redirect')
         lines.append(f"  local-data: '{WHO} 300 IN TXT \"{self.name}\"'")
         return "\n".join(lines) + "\n"

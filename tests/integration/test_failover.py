@@ -65,6 +65,8 @@ def test_upstream_killed_mid_run(upstream, stubborn):
         assert clients.answer_strings(r, "AAAA") == [servers.zone_aaaa(77)]
 
 
+REASON = {"rogue": "pin", "untrusted": "chain", "wrongname": "hostname"}
+
 ALL_BAD = [
     pytest.param(("rogue", "rogue"), id="both-rogue"),
     pytest.param(("rogue", "closed"), id="rogue-and-closed-port"),
@@ -103,4 +105,8 @@ def test_all_upstreams_bad_gives_prompt_servfail(upstream, closed_upstream, stub
 
     for u in bad_servers:
         assert u.queries_seen() == 0, (u.name, u.queries())
+    # Every certificate failure is a trust incident, the last upstream's too.
+    reasons = {i.get("upstream"): i.get("reason") for i in s.incidents()}
+    for u in bad_servers:
+        assert reasons.get(u.name) == REASON[u.cert.name], (u.name, s.incidents())
     assert s.alive()

@@ -6,6 +6,7 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -60,6 +61,30 @@ def test_nxdomain(resolver, kdig_bin, tcp):
     assert r.answer == []
     a = clients.kdig(kdig_bin, resolver.port, "also-missing.zone.test", "A", tcp=tcp)
     assert a.status == "NXDOMAIN", a.output
+
+
+def test_large_answer_is_truncated_over_udp_and_whole_over_tcp(resolver, kdig_bin):
+    expected = sorted(servers.big_txt(i) for i in range(servers.BIG_COUNT))
+    # Without EDNS a UDP answer may not exceed 512 bytes (RFC 1035): a
+    # truncated reply with TC set tells the client to retry over TCP.
+    q = dns.message.make_query(servers.BIG, "TXT")
+    q.id = 0x5151
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(clients.CLIENT_TIMEOUT)
+        s.sendto(q.to_wire(), ("127.0.0.1", resolver.port))
+        wire = s.recv(65535)
+    assert len(wire) <= 512, len(wire)
+    r = dns.message.from_wire(wire)
+    assert r.id == q.id
+    assert r.flags & dns.flags.TC, dns.flags.to_text(r.flags)
+
+    q, r = clients.ask(resolver.port, servers.BIG, "TXT", tcp=True)
+    assert sorted(clients.answer_strings(r, "TXT")) == expected
+
+    # The ordinary client path: UDP, see TC, retry over TCP.
+    a = clients.kdig(kdig_bin, resolver.port, servers.BIG, "TXT")
+    assert a.status == "NOERROR", a.output
+    assert sorted(a.answers) == expected, a.output
 
 
 def test_query_id_is_the_clients(resolver):
