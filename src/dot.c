@@ -311,19 +311,29 @@ static void
 describe_error(struct dot_conn *dc, short events)
 {
 	unsigned long e = bufferevent_get_openssl_error(dc->bev);
-	int serr = EVUTIL_SOCKET_ERROR();
+	evutil_socket_t fd = bufferevent_getfd(dc->bev);
+	socklen_t len = sizeof(int);
+	int serr = 0;
 
+	/* The socket's own error (a refused connect) says the most. */
+	if (fd != -1)
+		getsockopt(fd, SOL_SOCKET, SO_ERROR, &serr, &len);
+	if (serr == 0)
+		serr = EVUTIL_SOCKET_ERROR();
 	if (events & BEV_EVENT_TIMEOUT)
 		snprintf(dc->why, sizeof(dc->why), "timed out");
-	else if (e != 0)
-		snprintf(dc->why, sizeof(dc->why), "TLS: %s",
-		    ERR_reason_error_string(e) ? ERR_reason_error_string(e) :
-		    "error");
+	else if (e != 0 && ERR_GET_LIB(e) != 0 &&
+	    ERR_GET_LIB(e) != ERR_LIB_SYS) {
+		char buf[120];
+
+		ERR_error_string_n(e, buf, sizeof(buf));
+		snprintf(dc->why, sizeof(dc->why), "TLS: %s", buf);
+	} else if (serr != 0)
+		snprintf(dc->why, sizeof(dc->why), "%s", strerror(serr));
 	else if (events & BEV_EVENT_EOF)
 		snprintf(dc->why, sizeof(dc->why), "connection closed by peer");
 	else
-		snprintf(dc->why, sizeof(dc->why), "%s",
-		    serr ? strerror(serr) : "connection failed");
+		snprintf(dc->why, sizeof(dc->why), "connection failed");
 }
 
 static void

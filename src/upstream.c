@@ -167,7 +167,9 @@ mark_down(struct upstream *up, const char *why)
 void
 upstream_note_timeout(struct upstream *up)
 {
-	if (++up->timeouts >= TIMEOUTS_DOWN && up->state == UPSTREAM_UP)
+	/* A down upstream's probe that times out lengthens its backoff. */
+	if (up->state == UPSTREAM_DOWN ||
+	    (++up->timeouts >= TIMEOUTS_DOWN && up->state == UPSTREAM_UP))
 		mark_down(up, "queries time out");
 }
 

@@ -4,6 +4,7 @@ whatever the test's outcome; when a test fails its processes' logs are
 attached to the report."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,27 @@ def closed_upstream(addresses):
         addr = addresses.take()
         return servers.UpstreamSpec(name, addr, servers.free_port([addr]), **kw)
     return make
+
+
+@pytest.fixture
+def silent_upstream(addresses):
+    """Factory: an upstream that completes the TCP handshake (the kernel does
+    that from the listen backlog) and then never says a word, as a wedged
+    server or a black-holing middlebox does."""
+    socks = []
+
+    def make(name, **kw):
+        addr = addresses.take()
+        port = servers.free_port([addr])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(sock)
+        sock.bind((addr, port))
+        sock.listen(64)
+        return servers.UpstreamSpec(name, addr, port, **kw)
+
+    yield make
+    for sock in socks:
+        sock.close()
 
 
 @pytest.fixture

@@ -65,6 +65,20 @@ def test_upstream_killed_mid_run(upstream, stubborn):
         assert clients.answer_strings(r, "AAAA") == [servers.zone_aaaa(77)]
 
 
+def test_silent_upstream_is_skipped_within_client_timeout(silent_upstream, upstream, stubborn):
+    # A first upstream that accepts the connection and then says nothing
+    # must cost a deadline, not the client's whole timeout.
+    s = stubborn([silent_upstream("first"), upstream("second").spec()])
+    for i in range(3):
+        t0 = time.monotonic()
+        q, r = clients.ask(s.port, servers.who_name(f"silent{i}"), "TXT",
+                           tcp=bool(i % 2), timeout=5.0)
+        elapsed = time.monotonic() - t0
+        assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+        assert clients.answer_strings(r, "TXT") == ["second"]
+        assert elapsed < 4.0, f"answer took {elapsed:.2f}s"
+
+
 REASON = {"rogue": "pin", "untrusted": "chain", "wrongname": "hostname"}
 
 ALL_BAD = [
@@ -72,18 +86,21 @@ ALL_BAD = [
     pytest.param(("rogue", "closed"), id="rogue-and-closed-port"),
     pytest.param(("closed", "closed"), id="both-closed-ports"),
     pytest.param(("untrusted", "wrongname"), id="untrusted-and-wrongname"),
+    pytest.param(("rogue", "silent"), id="rogue-and-silent"),
 ]
 
 
 @pytest.mark.parametrize("kinds", ALL_BAD)
-def test_all_upstreams_bad_gives_prompt_servfail(upstream, closed_upstream, stubborn,
-                                                 certs, kinds):
+def test_all_upstreams_bad_gives_prompt_servfail(upstream, closed_upstream, silent_upstream,
+                                                 stubborn, certs, kinds):
     pins = [certs["good"].pin]
     specs, bad_servers = [], []
     for n, kind in enumerate(kinds):
         name = ("first", "second")[n]
         if kind == "closed":
             specs.append(closed_upstream(name, pins=tuple(pins)))
+        elif kind == "silent":
+            specs.append(silent_upstream(name, pins=tuple(pins)))
         else:
             u = upstream(name, kind)
             bad_servers.append(u)
