@@ -622,12 +622,16 @@ p_ct(struct parse_ctx *ctx, const char *v)
 static const char *
 p_ct_policy(struct parse_ctx *ctx, const char *v)
 {
-	if (strcmp(v, "chrome") != 0 && strcmp(v, "apple") != 0) {
+	if (strcmp(v, "chrome") == 0)
+		ctx->cfg->ct_policy = CT_POLICY_CHROME;
+	else if (strcmp(v, "apple") == 0)
+		ctx->cfg->ct_policy = CT_POLICY_APPLE;
+	else {
 		snprintf(ctx->msg, sizeof(ctx->msg),
 		    "ct-policy must be chrome or apple, not '%s'", v);
 		return ctx->msg;
 	}
-	return parse_string(v, &ctx->cfg->ct_policy);
+	return NULL;
 }
 
 static const char *
@@ -738,7 +742,8 @@ p_up_ct(struct parse_ctx *ctx, const char *v)
 	return parse_ct_mode(ctx, v, &ctx->up->ct);
 }
 
-#define NOTYET_CT	"the CT step is not built yet; chain, hostname and pins apply"
+#define NOTYET_REFRESH	"the list is not refreshed by itself yet; run " \
+	"stubborn update-log-list"
 
 static const struct item items[] = {
 	{ SEC_SERVER, "listen", p_listen, true, NULL },
@@ -753,11 +758,12 @@ static const struct item items[] = {
 	{ SEC_CACHE, "serve-stale", p_serve_stale, false,
 	    "there is no cache yet" },
 	{ SEC_TRUST, "ca-file", p_ca_file, false, NULL },
-	{ SEC_TRUST, "ct", p_ct, false, NOTYET_CT },
-	{ SEC_TRUST, "ct-policy", p_ct_policy, false, NOTYET_CT },
-	{ SEC_TRUST, "ct-log-list", p_ct_log_list, false, NOTYET_CT },
-	{ SEC_TRUST, "ct-log-list-url", p_ct_log_list_url, false, NOTYET_CT },
-	{ SEC_TRUST, "ct-max-list-age", p_ct_max_list_age, false, NOTYET_CT },
+	{ SEC_TRUST, "ct", p_ct, false, NULL },
+	{ SEC_TRUST, "ct-policy", p_ct_policy, false, NULL },
+	{ SEC_TRUST, "ct-log-list", p_ct_log_list, false, NULL },
+	{ SEC_TRUST, "ct-log-list-url", p_ct_log_list_url, false,
+	    NOTYET_REFRESH },
+	{ SEC_TRUST, "ct-max-list-age", p_ct_max_list_age, false, NULL },
 	{ SEC_TRUST, "quarantine", p_quarantine, false, NULL },
 	{ SEC_TRUST, "on-incident", p_on_incident, false,
 	    "incidents are logged but no program is run yet" },
@@ -765,7 +771,7 @@ static const struct item items[] = {
 	{ SEC_UPSTREAM, "address", p_address, true, NULL },
 	{ SEC_UPSTREAM, "pin", p_pin, true, NULL },
 	{ SEC_UPSTREAM, "ca-file", p_up_ca_file, false, NULL },
-	{ SEC_UPSTREAM, "ct", p_up_ct, false, NOTYET_CT },
+	{ SEC_UPSTREAM, "ct", p_up_ct, false, NULL },
 };
 
 static void
@@ -946,7 +952,7 @@ defaults(struct parse_ctx *ctx)
 	cfg->cache_max_ttl = 86400;
 	cfg->cache_serve_stale = 0;
 	cfg->ct = CT_ENFORCE;
-	cfg->ct_policy = xstrdup("chrome");
+	cfg->ct_policy = CT_POLICY_CHROME;
 	cfg->ct_log_list = xstrdup("/var/lib/stubborn/log_list.json");
 	cfg->ct_max_list_age = 70 * 86400;
 	cfg->quarantine = 3600;
@@ -1085,7 +1091,6 @@ config_free(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->metrics);
 	free(cfg->ca_file);
-	free(cfg->ct_policy);
 	free(cfg->ct_log_list);
 	free(cfg->ct_log_list_url);
 	free(cfg->on_incident);
@@ -1128,15 +1133,15 @@ config_print(const struct config *cfg, FILE *out)
 	    ";size = %ld\n;max-ttl = %ld\n;serve-stale = %ld\n",
 	    cfg->cache_size, cfg->cache_max_ttl, cfg->cache_serve_stale);
 	fprintf(out, "\n[trust]\nca-file = %s\nquarantine = %ld\n"
-	    "; not in effect yet: the CT step and the incident hook\n"
-	    ";ct = %s\n;ct-policy = %s\n;ct-log-list = %s\n"
-	    ";ct-log-list-url = %s\n;ct-max-list-age = %ld\n"
-	    ";on-incident = %s\n",
+	    "ct = %s\nct-policy = %s\nct-log-list = %s\n"
+	    "ct-max-list-age = %ld\n"
+	    "; not in effect yet: the daily refresh and the incident hook\n"
+	    ";ct-log-list-url = %s\n;on-incident = %s\n",
 	    cfg->ca_file ? cfg->ca_file : "", cfg->quarantine,
-	    ct_mode_str[cfg->ct], cfg->ct_policy,
-	    cfg->ct_log_list ? cfg->ct_log_list : "",
+	    ct_mode_str[cfg->ct], ct_policy_str[cfg->ct_policy],
+	    cfg->ct_log_list ? cfg->ct_log_list : "", cfg->ct_max_list_age,
 	    cfg->ct_log_list_url ? cfg->ct_log_list_url : "",
-	    cfg->ct_max_list_age, cfg->on_incident ? cfg->on_incident : "");
+	    cfg->on_incident ? cfg->on_incident : "");
 	for (i = 0; i < cfg->nupstreams; i++) {
 		const struct upstream_conf *uc = &cfg->upstreams[i];
 
@@ -1153,6 +1158,6 @@ config_print(const struct config *cfg, FILE *out)
 		if (uc->ca_file)
 			fprintf(out, "ca-file = %s\n", uc->ca_file);
 		if (uc->ct != CT_INHERIT)
-			fprintf(out, ";ct = %s\n", ct_mode_str[uc->ct]);
+			fprintf(out, "ct = %s\n", ct_mode_str[uc->ct]);
 	}
 }

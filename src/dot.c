@@ -55,6 +55,7 @@ const char *const conn_outcome_str[] = {
 	[CONN_READY_OK] = "ready",
 	[CONN_FAILED] = "failed",
 	[CONN_INCIDENT] = "trust incident",
+	[CONN_REPORT_ONLY] = "trust incident, report only",
 	[CONN_CLOSED_IDLE] = "closed",
 	[CONN_CLOSED_BUSY] = "closed with queries in flight",
 };
@@ -200,6 +201,9 @@ incident_json(struct dot_conn *dc)
 		.leaf = dc->gate.leaf,
 		.presented = dc->gate.presented,
 		.quarantine_sec = dc->c.up->quarantine_sec,
+		.ct = dc->gate.ct_checked ? &dc->gate.ct : NULL,
+		.ct_list = dc->gate.ct_list,
+		.report_only = dc->gate.report_only,
 	};
 
 	return trust_incident_json(&inc);
@@ -235,6 +239,7 @@ dot_connect(struct dot_conn *dc)
 
 	config_addr_str(a, dc->addrstr, sizeof(dc->addrstr));
 	tls_gate_clear(&dc->gate);
+	upstream_gate_init(dc->c.up, &dc->gate);
 	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
 	    SOCK_CLOEXEC, 0);
 	if (fd == -1) {
@@ -345,13 +350,27 @@ dot_event_cb(struct bufferevent *bev, short events, void *arg)
 	(void)bev;
 	if (events & BEV_EVENT_CONNECTED) {
 		/* The verify hook always runs for a certificate; be sure. */
-		if (!dc->gate.checked || dc->gate.verdict != TRUST_OK) {
+		if (!dc->gate.checked) {
 			snprintf(dc->why, sizeof(dc->why),
 			    "handshake finished without the trust gate");
 			dot_fail(dc, CONN_FAILED);
 			return;
 		}
+		if (!tls_gate_complete(&dc->gate) ||
+		    (dc->gate.verdict != TRUST_OK && !dc->gate.report_only)) {
+			ERR_clear_error();
+			dot_fail(dc, CONN_INCIDENT);
+			return;
+		}
 		ERR_clear_error();
+		if (dc->gate.report_only) {
+			char *json = incident_json(dc);
+
+			if (json != NULL)
+				upstream_conn_event(&dc->c, CONN_REPORT_ONLY,
+				    json);
+			free(json);
+		}
 		dc->c.state = CONN_READY;
 		evtimer_del(dc->timer);
 		log_debug("upstream %s: %s: connected, gate passed", uc->name,

@@ -15,8 +15,11 @@
 
 #include <event2/event.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include "stubborn/config.h"
+#include "stubborn/ct.h"
 #include "stubborn/listener.h"
 #include "stubborn/log.h"
 #include "stubborn/resolver.h"
@@ -35,6 +38,10 @@ usage(FILE *out)
 	    "usage: stubborn [run] [-c FILE] [-f] [-v]\n"
 	    "       stubborn check-config [-c FILE]\n"
 	    "       stubborn pin URL [--address IP] [--ca-file FILE]\n"
+	    "       stubborn check-cert --chain PEM --host NAME [--pin P]... "
+	    "[--ca-file F]\n"
+	    "                  [--log-list F] [--at TIME] "
+	    "[--policy chrome|apple]\n"
 	    "       stubborn version\n"
 	    "\n"
 	    "  -c FILE  conf file (default %s)\n"
@@ -119,6 +126,52 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	    "to apply a changed conf");
 }
 
+/* True when some upstream runs the CT step. */
+static bool
+ct_wanted(const struct config *cfg)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nupstreams; i++) {
+		enum ct_mode m = cfg->upstreams[i].ct;
+
+		if ((m == CT_INHERIT ? cfg->ct : m) != CT_OFF)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The CT log list, or NULL when none is wanted or it cannot be used (then
+ * CT is not checked and the pool warns about it hourly).
+ */
+static struct ct_loglist *
+load_ct_list(const struct config *cfg)
+{
+	struct ct_loglist *list;
+	char *errs = NULL, *line, *save = NULL, when[40];
+	size_t len;
+	FILE *fp;
+
+	if (!ct_wanted(cfg) || cfg->ct_log_list == NULL)
+		return NULL;
+	if ((fp = open_memstream(&errs, &len)) == NULL)
+		fatal("open_memstream");
+	list = ct_loglist_load(cfg->ct_log_list, fp);
+	fclose(fp);
+	for (line = strtok_r(errs, "\n", &save); line != NULL;
+	    line = strtok_r(NULL, "\n", &save))
+		log_warnx("CT log list: %s", line);
+	free(errs);
+	if (list != NULL)
+		log_info("CT log list %s: version %s of %s, %zu logs of %zu "
+		    "operators", cfg->ct_log_list,
+		    list->version ? list->version : "?",
+		    ct_format_time(list->timestamp_ms, when, sizeof(when)),
+		    list->nlogs, list->noperators);
+	return list;
+}
+
 static int
 cmd_run(int argc, char **argv)
 {
@@ -127,6 +180,7 @@ cmd_run(int argc, char **argv)
 	struct event_base *base;
 	struct resolver *r = NULL;
 	struct listener *l = NULL;
+	struct ct_loglist *ct_list = NULL;
 	struct event *sigs[4] = { NULL };
 	int rc = 1;
 	size_t i;
@@ -140,7 +194,8 @@ cmd_run(int argc, char **argv)
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
 	tls_init();
-	if ((r = resolver_new(base, cfg)) == NULL) {
+	ct_list = load_ct_list(cfg);
+	if ((r = resolver_new(base, cfg, ct_list)) == NULL) {
 		rc = EXIT_USAGE;	/* a trust store that does not load */
 		goto done;
 	}
@@ -177,6 +232,7 @@ done:
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	event_base_free(base);
+	ct_loglist_free(ct_list);
 	config_free(cfg);
 	return rc;
 }
@@ -354,6 +410,274 @@ done:
 	return rc;
 }
 
+/* Unix seconds or RFC 3339, as ms. */
+static int
+parse_time_arg(const char *s, int64_t *ms)
+{
+	char *ep;
+	long long v;
+
+	if (ct_parse_rfc3339(s, ms) == 0)
+		return 0;
+	errno = 0;
+	v = strtoll(s, &ep, 10);
+	if (errno || ep == s || *ep != '\0' || v < 0)
+		return -1;
+	*ms = (int64_t)v * 1000;
+	return 0;
+}
+
+static STACK_OF(X509) *
+read_chain(const char *path)
+{
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	FILE *fp = fopen(path, "r");
+	X509 *x;
+
+	if (fp == NULL || chain == NULL) {
+		fprintf(stderr, "stubborn: %s: %s\n", path, strerror(errno));
+		if (fp)
+			fclose(fp);
+		sk_X509_free(chain);
+		return NULL;
+	}
+	while ((x = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL)
+		sk_X509_push(chain, x);
+	fclose(fp);
+	/* End of file ends the loop too; only a partial block is an error. */
+	if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE ||
+	    sk_X509_num(chain) == 0) {
+		fprintf(stderr, "stubborn: %s: not a PEM certificate chain\n",
+		    path);
+		sk_X509_pop_free(chain, X509_free);
+		chain = NULL;
+	}
+	ERR_clear_error();
+	return chain;
+}
+
+static char *
+name_line(X509 *x)
+{
+	return X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+}
+
+/* Print one line per SCT of v. */
+static void
+print_scts(const struct ct_loglist *list, const struct ct_verdict *v)
+{
+	char when[40], id[48];
+	size_t i;
+
+	for (i = 0; i < v->nscts; i++) {
+		const struct ct_sct *s = &v->scts[i];
+
+		EVP_EncodeBlock((unsigned char *)id, s->log_id, CT_LOG_ID_LEN);
+		printf("sct: source=%s log=\"%s\" log_id=%s operator=\"%s\" "
+		    "time=%s status=%s\n", ct_source_str[s->source],
+		    s->log ? s->log->description : "-", id,
+		    s->log ? list->operators[ct_log_operator_at(s->log,
+		    s->timestamp_ms)] : "-",
+		    ct_format_time(s->timestamp_ms, when, sizeof(when)),
+		    ct_sct_status_str[s->status]);
+	}
+}
+
+static int
+cmd_check_cert(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "chain", required_argument, NULL, 'c' },
+		{ "host", required_argument, NULL, 'H' },
+		{ "pin", required_argument, NULL, 'p' },
+		{ "ca-file", required_argument, NULL, 'C' },
+		{ "log-list", required_argument, NULL, 'l' },
+		{ "at", required_argument, NULL, 'a' },
+		{ "policy", required_argument, NULL, 'P' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *chain_path = NULL, *host = NULL, *ca_file = NULL;
+	const char *list_path = NULL, *failed = NULL;
+	struct pin *pins = NULL;
+	size_t npins = 0;
+	enum ct_policy policy = CT_POLICY_CHROME;
+	int64_t at_ms = -1;
+	STACK_OF(X509) *chain = NULL, *verified = NULL;
+	struct ct_loglist *list = NULL;
+	struct ct_verdict *v = NULL;
+	X509_STORE *store = NULL;
+	X509_STORE_CTX *xctx = NULL;
+	X509 *leaf, *issuer = NULL;
+	STACK_OF(SCT) *scts = NULL;
+	char *subj;
+	int ch, rc = EXIT_USAGE, err;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			chain_path = optarg;
+			break;
+		case 'H':
+			host = optarg;
+			break;
+		case 'p': {
+			struct pin *np = reallocarray(pins, npins + 1,
+			    sizeof(*pins));
+
+			if (np == NULL)
+				goto done;
+			pins = np;
+			if (trust_pin_parse(optarg, &pins[npins]) != 0) {
+				fprintf(stderr, "stubborn: bad pin '%s' "
+				    "(expected sha256/<base64>)\n", optarg);
+				goto done;
+			}
+			npins++;
+			break;
+		}
+		case 'C':
+			ca_file = optarg;
+			break;
+		case 'l':
+			list_path = optarg;
+			break;
+		case 'a':
+			if (parse_time_arg(optarg, &at_ms) != 0) {
+				fprintf(stderr, "stubborn: bad time '%s' "
+				    "(Unix seconds or RFC 3339)\n", optarg);
+				goto done;
+			}
+			break;
+		case 'P':
+			if (strcmp(optarg, "chrome") == 0)
+				policy = CT_POLICY_CHROME;
+			else if (strcmp(optarg, "apple") == 0)
+				policy = CT_POLICY_APPLE;
+			else {
+				fprintf(stderr, "stubborn: policy must be "
+				    "chrome or apple\n");
+				goto done;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			rc = 0;
+			goto done;
+		default:
+			usage(stderr);
+			goto done;
+		}
+	}
+	if (optind != argc || chain_path == NULL || host == NULL) {
+		fprintf(stderr, "stubborn: check-cert needs --chain and "
+		    "--host\n");
+		goto done;
+	}
+	if ((chain = read_chain(chain_path)) == NULL)
+		goto done;
+	if (list_path != NULL &&
+	    (list = ct_loglist_load(list_path, stderr)) == NULL)
+		goto done;
+	if (at_ms < 0)
+		at_ms = (int64_t)time(NULL) * 1000;
+	leaf = sk_X509_value(chain, 0);
+
+	/* Step 1: the chain, to the system store or ca-file alone. */
+	if ((store = X509_STORE_new()) == NULL ||
+	    (xctx = X509_STORE_CTX_new()) == NULL)
+		goto done;
+	if (ca_file != NULL ? X509_STORE_load_file(store, ca_file) != 1 :
+	    X509_STORE_set_default_paths(store) != 1) {
+		log_crypto(ca_file ? ca_file : "the system trust store");
+		goto done;
+	}
+	if (X509_STORE_CTX_init(xctx, store, leaf, chain) != 1)
+		goto done;
+	X509_STORE_CTX_set_default(xctx, "ssl_server");
+	X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(xctx),
+	    (time_t)(at_ms / 1000));
+	rc = EXIT_CHECK_FAILED;
+	subj = name_line(leaf);
+	printf("certificate: %s\n", subj ? subj : "?");
+	OPENSSL_free(subj);
+	if (X509_verify_cert(xctx) == 1) {
+		verified = X509_STORE_CTX_get1_chain(xctx);
+		subj = name_line(sk_X509_value(verified,
+		    sk_X509_num(verified) - 1));
+		printf("chain: ok (verified to %s)\n", subj ? subj : "?");
+		OPENSSL_free(subj);
+	} else {
+		err = X509_STORE_CTX_get_error(xctx);
+		printf("chain: FAIL (depth %d: %s)\n",
+		    X509_STORE_CTX_get_error_depth(xctx),
+		    X509_verify_cert_error_string(err));
+		failed = "chain";
+	}
+	ERR_clear_error();
+
+	/* Step 2: a DNS SAN for the host; never the CN, never an IP SAN. */
+	if (X509_check_host(leaf, host, 0, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT |
+	    X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1)
+		printf("hostname: ok (%s)\n", host);
+	else {
+		printf("hostname: FAIL (no DNS name of the certificate "
+		    "matches %s)\n", host);
+		if (failed == NULL)
+			failed = "hostname";
+	}
+
+	/* Step 3: pins, on the verified chain only. */
+	if (npins == 0)
+		printf("pin: skipped (no pins)\n");
+	else if (verified == NULL) {
+		printf("pin: FAIL (no verified chain to match pins against)\n");
+		if (failed == NULL)
+			failed = "pin";
+	} else if (trust_check_pins(verified, pins, npins) == TRUST_OK)
+		printf("pin: ok (a key of the verified chain is pinned)\n");
+	else {
+		printf("pin: FAIL (no key of the verified chain is in the pin "
+		    "set of %zu)\n", npins);
+		if (failed == NULL)
+			failed = "pin";
+	}
+
+	/* Step 4: CT, with the embedded SCTs (offline there are no others). */
+	if (list == NULL)
+		printf("ct: skipped (no --log-list)\n");
+	else {
+		if (verified != NULL && sk_X509_num(verified) > 1)
+			issuer = sk_X509_value(verified, 1);
+		else if (sk_X509_num(chain) > 1)
+			issuer = sk_X509_value(chain, 1);
+		scts = ct_embedded_scts(leaf);
+		if ((v = calloc(1, sizeof(*v))) == NULL)
+			goto done;
+		ct_evaluate(list, policy, leaf, issuer, scts, at_ms, v);
+		print_scts(list, v);
+		printf("ct: %s (%s)\n", v->compliant ? "ok" : "FAIL", v->why);
+		if (!v->compliant && failed == NULL)
+			failed = "ct";
+	}
+	if (failed == NULL) {
+		printf("verdict: trusted\n");
+		rc = 0;
+	} else
+		printf("verdict: rejected (%s)\n", failed);
+done:
+	SCT_LIST_free(scts);
+	free(v);
+	free(pins);
+	ct_loglist_free(list);
+	X509_STORE_CTX_free(xctx);
+	X509_STORE_free(store);
+	sk_X509_pop_free(verified, X509_free);
+	sk_X509_pop_free(chain, X509_free);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -369,6 +693,8 @@ main(int argc, char **argv)
 		return cmd_check_config(argc - 1, argv + 1);
 	if (strcmp(cmd, "pin") == 0)
 		return cmd_pin(argc - 1, argv + 1);
+	if (strcmp(cmd, "check-cert") == 0)
+		return cmd_check_cert(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0) {
 		printf("stubborn %s\n", PACKAGE_VERSION);
 		return 0;

@@ -142,7 +142,8 @@ dispatch(struct query *q)
 }
 
 struct resolver *
-resolver_new(struct event_base *base, const struct config *cfg)
+resolver_new(struct event_base *base, const struct config *cfg,
+    const struct ct_loglist *ct_list)
 {
 	struct resolver *r = calloc(1, sizeof(*r));
 	struct upstream_cbs cbs = { reply_cb, failed_cb, NULL };
@@ -154,7 +155,7 @@ resolver_new(struct event_base *base, const struct config *cfg)
 	r->base = base;
 	TAILQ_INIT(&r->queries);
 	cbs.arg = r;
-	if ((r->pool = upstream_pool_new(base, cfg, &cbs)) == NULL) {
+	if ((r->pool = upstream_pool_new(base, cfg, ct_list, &cbs)) == NULL) {
 		free(r);
 		return NULL;
 	}

@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "stubborn/ct.h"
 #include "stubborn/log.h"
 #include "stubborn/tls.h"
 
@@ -71,6 +72,50 @@ tls_verify_cb(X509_STORE_CTX *xctx, void *arg)
 	return 1;
 }
 
+/*
+ * OpenSSL calls this inside the handshake once the chain has verified,
+ * with the SCTs of all three sources.  OpenSSL's own SCT checks ran
+ * against an empty store; ct.c checks them with the keys of our list.
+ */
+static int
+tls_ct_cb(const CT_POLICY_EVAL_CTX *pctx, const STACK_OF(SCT) *scts,
+    void *arg)
+{
+	struct tls_gate *gate = arg;
+
+	gate->ct_checked = true;
+	ct_evaluate(gate->ct_list, gate->ct_policy,
+	    CT_POLICY_EVAL_CTX_get0_cert(pctx),
+	    CT_POLICY_EVAL_CTX_get0_issuer(pctx), scts,
+	    (int64_t)CT_POLICY_EVAL_CTX_get_time(pctx), &gate->ct);
+	/* Failed SCT checks leave errors that would confuse SSL_get_error. */
+	ERR_clear_error();
+	if (gate->ct.compliant)
+		return 1;
+	gate->verdict = TRUST_FAIL_CT;
+	snprintf(gate->detail, sizeof(gate->detail), "%s", gate->ct.why);
+	if (gate->ct_report) {
+		gate->report_only = true;
+		return 1;
+	}
+	return 0;
+}
+
+bool
+tls_gate_complete(struct tls_gate *gate)
+{
+	if (gate->ct_list == NULL || gate->ct_checked)
+		return true;
+	gate->verdict = TRUST_FAIL_CT;
+	snprintf(gate->detail, sizeof(gate->detail), "CT could not be "
+	    "checked: the verified chain has no issuer certificate");
+	if (gate->ct_report) {
+		gate->report_only = true;
+		return true;
+	}
+	return false;
+}
+
 SSL_CTX *
 tls_ctx_new(const char *ca_file)
 {
@@ -121,7 +166,9 @@ tls_ssl_new(SSL_CTX *ctx, const struct upstream_conf *uc,
 	    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 	if (SSL_set_tlsext_host_name(ssl, uc->host) != 1 ||
 	    SSL_set1_host(ssl, uc->host) != 1 ||
-	    SSL_set_ex_data(ssl, gate_idx, gate) != 1) {
+	    SSL_set_ex_data(ssl, gate_idx, gate) != 1 ||
+	    (gate->ct_list != NULL && SSL_set_ct_validation_callback(ssl,
+	    tls_ct_cb, gate) != 1)) {
 		log_crypto("setting up TLS");
 		SSL_free(ssl);
 		return NULL;
@@ -141,4 +188,8 @@ tls_gate_clear(struct tls_gate *gate)
 	gate->checked = false;
 	gate->verdict = TRUST_OK;
 	gate->detail[0] = '\0';
+	gate->ct_checked = false;
+	gate->report_only = false;
+	gate->ct.nscts = 0;
+	gate->ct.compliant = false;
 }

@@ -28,6 +28,7 @@ enum conn_outcome {
 	CONN_READY_OK,		/* the gate passed */
 	CONN_FAILED,		/* connect, handshake or I/O failure */
 	CONN_INCIDENT,		/* the gate refused the certificate */
+	CONN_REPORT_ONLY,	/* the gate would refuse it; ct = report */
 	CONN_CLOSED_IDLE,	/* closed with nothing in flight */
 	CONN_CLOSED_BUSY,	/* peer closed with queries in flight */
 };

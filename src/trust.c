@@ -160,6 +160,36 @@ hex(const unsigned char *p, size_t n, char *out)
 	out[2 * n] = '\0';
 }
 
+/* Every SCT's verdict; empty when the CT step did not run. */
+static json_t *
+scts_json(const struct trust_incident *inc)
+{
+	json_t *arr = json_array();
+	char id[48], when[40];
+	size_t i;
+
+	for (i = 0; inc->ct != NULL && i < inc->ct->nscts; i++) {
+		const struct ct_sct *s = &inc->ct->scts[i];
+		json_t *o = json_object();
+
+		EVP_EncodeBlock((unsigned char *)id, s->log_id, CT_LOG_ID_LEN);
+		json_object_set_new(o, "source",
+		    json_string(ct_source_str[s->source]));
+		json_object_set_new(o, "log_id", json_string(id));
+		json_object_set_new(o, "description", s->log ?
+		    json_string(s->log->description) : json_null());
+		json_object_set_new(o, "operator", s->log && inc->ct_list ?
+		    json_string(inc->ct_list->operators[ct_log_operator_at(
+		    s->log, s->timestamp_ms)]) : json_null());
+		json_object_set_new(o, "timestamp", json_string(ct_format_time(
+		    s->timestamp_ms, when, sizeof(when))));
+		json_object_set_new(o, "status",
+		    json_string(ct_sct_status_str[s->status]));
+		json_array_append_new(arr, o);
+	}
+	return arr;
+}
+
 char *
 trust_incident_json(const struct trust_incident *inc)
 {
@@ -213,8 +243,8 @@ trust_incident_json(const struct trust_incident *inc)
 		json_array_append_new(chain, json_string(pinstr));
 	}
 	json_object_set_new(o, "chain_pins", chain);
-	/* Filled by the CT step once it runs; empty means none were checked. */
-	json_object_set_new(o, "scts", json_array());
+	json_object_set_new(o, "scts", scts_json(inc));
+	json_object_set_new(o, "report_only", json_boolean(inc->report_only));
 	json_object_set_new(o, "quarantine_seconds",
 	    json_integer(inc->quarantine_sec));
 	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -24,6 +24,8 @@ struct upstream_pool {
 	struct upstream		*ups;
 	size_t			 n;
 	struct upstream_cbs	 cbs;
+	const struct ct_loglist	*ct_list;
+	time_t			 ct_warned;	/* last stale or missing warning */
 };
 
 uint64_t
@@ -37,7 +39,7 @@ upstream_now_ms(void)
 
 struct upstream_pool *
 upstream_pool_new(struct event_base *base, const struct config *cfg,
-    const struct upstream_cbs *cbs)
+    const struct ct_loglist *ct_list, const struct upstream_cbs *cbs)
 {
 	struct upstream_pool *pool;
 	size_t i;
@@ -51,6 +53,7 @@ upstream_pool_new(struct event_base *base, const struct config *cfg,
 	pool->base = base;
 	pool->cfg = cfg;
 	pool->cbs = *cbs;
+	pool->ct_list = ct_list;
 	pool->n = cfg->nupstreams;
 	for (i = 0; i < pool->n; i++) {
 		struct upstream *up = &pool->ups[i];
@@ -133,6 +136,46 @@ upstream_pick(struct upstream_pool *pool, uint64_t tried)
 	return NULL;
 }
 
+#define CT_WARN_EVERY_SEC	3600
+
+void
+upstream_gate_init(struct upstream *up, struct tls_gate *gate)
+{
+	struct upstream_pool *pool = up->pool;
+	const struct config *cfg = pool->cfg;
+	enum ct_mode mode = up->conf->ct != CT_INHERIT ? up->conf->ct : cfg->ct;
+	time_t now = time(NULL);
+	long age;
+
+	gate->ct_list = NULL;
+	if (mode == CT_OFF)
+		return;
+	if (pool->ct_list == NULL) {
+		if (now - pool->ct_warned >= CT_WARN_EVERY_SEC) {
+			log_warnx("no CT log list (%s): CT is not checked; "
+			    "install one with stubborn update-log-list",
+			    cfg->ct_log_list ? cfg->ct_log_list : "none set");
+			pool->ct_warned = now;
+		}
+		return;
+	}
+	gate->ct_list = pool->ct_list;
+	gate->ct_policy = cfg->ct_policy;
+	gate->ct_report = mode == CT_REPORT;
+	age = (long)(now - pool->ct_list->timestamp_ms / 1000);
+	/* A stale list may name retired logs as usable: report, as Chrome. */
+	if (age > cfg->ct_max_list_age) {
+		gate->ct_report = true;
+		if (now - pool->ct_warned >= CT_WARN_EVERY_SEC) {
+			log_warnx("CT log list %s is %ld days old (ct-max-list-age "
+			    "is %ld days): CT is report-only until it is "
+			    "refreshed", cfg->ct_log_list, age / 86400,
+			    cfg->ct_max_list_age / 86400);
+			pool->ct_warned = now;
+		}
+	}
+}
+
 void
 upstream_send(struct upstream *up, struct txq *q)
 {
@@ -191,6 +234,9 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		break;
 	case CONN_FAILED:
 		mark_down(up, "cannot connect");
+		break;
+	case CONN_REPORT_ONLY:
+		log_incident(json);
 		break;
 	case CONN_INCIDENT:
 		log_incident(json);

@@ -78,7 +78,7 @@ struct config {
 
 	char			*ca_file;	/* NULL: the system store */
 	enum ct_mode		 ct;
-	char			*ct_policy;
+	enum ct_policy		 ct_policy;
 	char			*ct_log_list;
 	char			*ct_log_list_url;
 	long			 ct_max_list_age;	/* seconds */

@@ -16,9 +16,12 @@
 
 struct resolver;
 
-/* cfg is borrowed for the resolver's life.  NULL (logged) on failure. */
+/*
+ * cfg and ct_list (NULL: no CT list) are borrowed for the resolver's
+ * life.  NULL (logged) on failure.
+ */
 struct resolver *resolver_new(struct event_base *base,
-	    const struct config *cfg);
+	    const struct config *cfg, const struct ct_loglist *ct_list);
 
 /* Answer SERVFAIL to every query still waiting, then free r. */
 void	resolver_free(struct resolver *r);

@@ -21,10 +21,19 @@ struct tls_gate {
 	const struct upstream_conf *uc;		/* borrowed: host, pins */
 	bool			 checked;	/* the verify hook ran */
 	enum trust_verdict	 verdict;
-	char			 detail[256];
+	char			 detail[384];
 	X509			*leaf;		/* owned: presented leaf */
 	STACK_OF(X509)		*presented;	/* owned: presented chain */
 	STACK_OF(X509)		*verified;	/* owned: verified chain */
+
+	/* The CT step: set before the handshake (ct_list NULL: no CT). */
+	const struct ct_loglist	*ct_list;	/* borrowed */
+	enum ct_policy		 ct_policy;
+	bool			 ct_report;	/* log a failure, do not refuse */
+	/* ...and its outcome. */
+	bool			 ct_checked;
+	bool			 report_only;	/* failed, but ct_report */
+	struct ct_verdict	 ct;
 };
 
 /* Once at start-up; fatal on failure. */
@@ -43,7 +52,14 @@ SSL_CTX	*tls_ctx_new(const char *ca_file);
 SSL	*tls_ssl_new(SSL_CTX *ctx, const struct upstream_conf *uc,
 	    struct tls_gate *gate);
 
-/* Release what the gate holds and reset it; the uc link stays. */
+/*
+ * Called once the handshake has finished: the CT step must have run when
+ * it was required (OpenSSL skips it for a chain without an issuer).
+ * Returns false, with the gate set to TRUST_FAIL_CT, when it did not.
+ */
+bool	tls_gate_complete(struct tls_gate *gate);
+
+/* Release what the gate holds and reset its outcome; its settings stay. */
 void	tls_gate_clear(struct tls_gate *gate);
 
 #endif

@@ -12,6 +12,8 @@
 
 #include <openssl/x509.h>
 
+#include "stubborn/ct.h"
+
 #define TRUST_PIN_LEN		32	/* SHA-256 */
 #define TRUST_PIN_STR_MAX	60	/* "sha256/" + 44 base64 + NUL, rounded */
 
@@ -62,6 +64,9 @@ struct trust_incident {
 	X509			*leaf;		/* presented leaf, may be NULL */
 	STACK_OF(X509)		*presented;	/* chain as the peer sent it */
 	long			 quarantine_sec;
+	const struct ct_verdict	*ct;		/* NULL: CT did not run */
+	const struct ct_loglist	*ct_list;	/* names ct's logs */
+	bool			 report_only;	/* ct = report: not refused */
 };
 
 /*

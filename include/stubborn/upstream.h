@@ -17,6 +17,8 @@
 struct txq;
 struct conn;
 struct upstream_pool;
+struct tls_gate;
+struct ct_loglist;
 
 enum upstream_state {
 	UPSTREAM_UP,
@@ -54,11 +56,13 @@ struct upstream_cbs {
 };
 
 /*
- * A pool for cfg's upstreams (cfg borrowed for the pool's life).
+ * A pool for cfg's upstreams (cfg and ct_list, which may be NULL,
+ * borrowed for the pool's life).
  * Returns NULL (logged) when a trust store cannot be loaded.
  */
 struct upstream_pool *upstream_pool_new(struct event_base *base,
-	    const struct config *cfg, const struct upstream_cbs *cbs);
+	    const struct config *cfg, const struct ct_loglist *ct_list,
+	    const struct upstream_cbs *cbs);
 /* Close every connection and free the pool; NULL is a no-op. */
 void	upstream_pool_free(struct upstream_pool *pool);
 
@@ -78,6 +82,13 @@ void	upstream_cancel(struct txq *q);
 
 /* q timed out on up: count it against up's health. */
 void	upstream_note_timeout(struct upstream *up);
+
+/*
+ * Set gate's CT step for a new connection to up: the upstream's ct mode,
+ * report-only while the log list is missing or older than
+ * ct-max-list-age (warned about hourly).
+ */
+void	upstream_gate_init(struct upstream *up, struct tls_gate *gate);
 
 /* Monotonic milliseconds, for deadlines. */
 uint64_t upstream_now_ms(void);

@@ -1,0 +1,807 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
+
+#include "stubborn/ct.h"
+
+#define DAY_SEC			86400LL
+#define CHROME_SHORT_DAYS	180
+#define APPLE_MAX_DAYS		398
+
+const char *const ct_log_state_str[] = {
+	[CT_LOG_PENDING] = "pending",
+	[CT_LOG_QUALIFIED] = "qualified",
+	[CT_LOG_USABLE] = "usable",
+	[CT_LOG_READONLY] = "readonly",
+	[CT_LOG_RETIRED] = "retired",
+	[CT_LOG_REJECTED] = "rejected",
+};
+
+const char *const ct_source_str[] = {
+	[CT_SRC_EMBEDDED] = "embedded",
+	[CT_SRC_TLS] = "tls",
+	[CT_SRC_OCSP] = "ocsp",
+};
+
+const char *const ct_sct_status_str[] = {
+	[CT_SCT_VALID] = "valid",
+	[CT_SCT_INVALID] = "invalid",
+	[CT_SCT_UNKNOWN_LOG] = "unknown_log",
+	[CT_SCT_FUTURE] = "future",
+	[CT_SCT_UNVERIFIED] = "unverified",
+};
+
+const char *const ct_policy_str[] = {
+	[CT_POLICY_CHROME] = "chrome",
+	[CT_POLICY_APPLE] = "apple",
+};
+
+int
+ct_parse_rfc3339(const char *s, int64_t *ms)
+{
+	struct tm tm;
+	const char *p;
+	int64_t frac = 0, scale = 100, off = 0;
+	time_t t;
+
+	memset(&tm, 0, sizeof(tm));
+	p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (p == NULL)
+		return -1;
+	if (*p == '.') {
+		for (p++; isdigit((unsigned char)*p); p++) {
+			frac += (*p - '0') * scale;
+			scale /= 10;
+		}
+	}
+	if (*p == 'Z' || *p == 'z')
+		p++;
+	else if (*p == '+' || *p == '-') {
+		int hh, mm;
+
+		if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2 || strlen(p) != 6)
+			return -1;
+		off = (hh * 3600 + mm * 60) * (*p == '+' ? 1 : -1);
+		p += 6;
+	} else
+		return -1;
+	if (*p != '\0')
+		return -1;
+	if ((t = timegm(&tm)) == (time_t)-1)
+		return -1;
+	*ms = ((int64_t)t - off) * 1000 + frac;
+	return 0;
+}
+
+const char *
+ct_format_time(int64_t ms, char *buf, size_t bufsz)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+
+	if (gmtime_r(&t, &tm) == NULL ||
+	    strftime(buf, bufsz, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, bufsz, "%lld ms", (long long)ms);
+	return buf;
+}
+
+static int
+b64_decode(const char *s, uint8_t **out, size_t *outlen)
+{
+	size_t len = strlen(s);
+	int n, pad = 0;
+
+	if (len == 0 || len % 4 != 0)
+		return -1;
+	if ((*out = malloc(len / 4 * 3)) == NULL)
+		return -1;
+	n = EVP_DecodeBlock(*out, (const unsigned char *)s, (int)len);
+	if (n < 0) {
+		free(*out);
+		return -1;
+	}
+	pad = (s[len - 1] == '=') + (s[len - 2] == '=');
+	*outlen = (size_t)n - (size_t)pad;
+	return 0;
+}
+
+static int
+find_operator(struct ct_loglist *list, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < list->noperators; i++)
+		if (strcmp(list->operators[i], name) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* Index of name among the operators, added when new; -1 on failure. */
+static int
+operator_index(struct ct_loglist *list, const char *name)
+{
+	char **p;
+	int i = find_operator(list, name);
+
+	if (i >= 0)
+		return i;
+	p = reallocarray(list->operators, list->noperators + 1, sizeof(*p));
+	if (p == NULL)
+		return -1;
+	list->operators = p;
+	if ((p[list->noperators] = strdup(name)) == NULL)
+		return -1;
+	return (int)list->noperators++;
+}
+
+/* Fill log from the JSON entry; NULL or why it is unusable. */
+static const char *
+parse_log(struct ct_loglist *list, struct ct_log *log, json_t *j, int op)
+{
+	const char *key_b64, *id_b64, *name;
+	uint8_t *der = NULL, *id = NULL, md[EVP_MAX_MD_SIZE];
+	const unsigned char *p;
+	unsigned int mdlen;
+	size_t derlen, idlen;
+	json_t *state, *prev, *v;
+	const char *err = NULL;
+	void *iter;
+	size_t i;
+	int st;
+
+	log->op = op;
+	v = json_object_get(j, "description");
+	log->description = strdup(json_is_string(v) ? json_string_value(v) :
+	    "(no description)");
+	if (log->description == NULL)
+		return "out of memory";
+	key_b64 = json_string_value(json_object_get(j, "key"));
+	id_b64 = json_string_value(json_object_get(j, "log_id"));
+	if (key_b64 == NULL || b64_decode(key_b64, &der, &derlen) != 0)
+		return "no key, or a key that is not base64";
+	p = der;
+	log->key = d2i_PUBKEY(NULL, &p, (long)derlen);
+	if (log->key == NULL || p != der + derlen) {
+		err = "key is not a DER SubjectPublicKeyInfo";
+		goto done;
+	}
+	if (EVP_Digest(der, derlen, md, &mdlen, EVP_sha256(), NULL) != 1) {
+		err = "cannot hash the key";
+		goto done;
+	}
+	memcpy(log->id, md, CT_LOG_ID_LEN);
+	/* The id must be the key's hash, or an SCT could name another key. */
+	if (id_b64 != NULL && (b64_decode(id_b64, &id, &idlen) != 0 ||
+	    idlen != CT_LOG_ID_LEN || memcmp(id, md, CT_LOG_ID_LEN) != 0)) {
+		err = "log_id is not the SHA-256 of its key";
+		goto done;
+	}
+	state = json_object_get(j, "state");
+	if (!json_is_object(state) || json_object_size(state) != 1) {
+		err = "state must hold exactly one state";
+		goto done;
+	}
+	iter = json_object_iter(state);
+	name = json_object_iter_key(iter);
+	for (st = CT_LOG_PENDING; st <= CT_LOG_REJECTED; st++)
+		if (strcmp(name, ct_log_state_str[st]) == 0)
+			break;
+	if (st > CT_LOG_REJECTED) {
+		err = "unknown state";
+		goto done;
+	}
+	log->state = (enum ct_log_state)st;
+	v = json_object_get(json_object_iter_value(iter), "timestamp");
+	if (!json_is_string(v) ||
+	    ct_parse_rfc3339(json_string_value(v), &log->state_ms) != 0) {
+		err = "state has no RFC 3339 timestamp";
+		goto done;
+	}
+	prev = json_object_get(j, "previous_operators");
+	if (json_is_array(prev) && json_array_size(prev) > 0) {
+		log->prev = calloc(json_array_size(prev), sizeof(*log->prev));
+		if (log->prev == NULL) {
+			err = "out of memory";
+			goto done;
+		}
+		json_array_foreach(prev, i, v) {
+			const char *pn = json_string_value(json_object_get(v,
+			    "name"));
+			const char *pe = json_string_value(json_object_get(v,
+			    "end_time"));
+			struct ct_prev_operator *po = &log->prev[log->nprev];
+
+			if (pn == NULL || pe == NULL ||
+			    ct_parse_rfc3339(pe, &po->end_ms) != 0 ||
+			    (po->op = operator_index(list, pn)) < 0) {
+				err = "bad previous_operators entry";
+				goto done;
+			}
+			log->nprev++;
+		}
+	}
+done:
+	free(der);
+	free(id);
+	return err;
+}
+
+static void
+log_free(struct ct_log *log)
+{
+	free(log->description);
+	EVP_PKEY_free(log->key);
+	free(log->prev);
+}
+
+static void
+add_logs(struct ct_loglist *list, json_t *arr, int op, bool tiled,
+    const char *name, FILE *errs)
+{
+	json_t *j;
+	size_t i;
+
+	json_array_foreach(arr, i, j) {
+		struct ct_log log, *p;
+		const char *err;
+
+		memset(&log, 0, sizeof(log));
+		log.tiled = tiled;
+		if (!json_is_object(j))
+			err = "not an object";
+		else
+			err = parse_log(list, &log, j, op);
+		if (err == NULL && ct_loglist_find(list, log.id,
+		    CT_LOG_ID_LEN) != NULL)
+			err = "listed twice";
+		if (err != NULL) {
+			fprintf(errs, "%s: operator '%s': log '%s': %s; "
+			    "skipped\n", name, list->operators[op],
+			    log.description ? log.description : "?", err);
+			log_free(&log);
+			continue;
+		}
+		p = reallocarray(list->logs, list->nlogs + 1, sizeof(*p));
+		if (p == NULL) {
+			log_free(&log);
+			continue;
+		}
+		list->logs = p;
+		list->logs[list->nlogs++] = log;
+	}
+}
+
+struct ct_loglist *
+ct_loglist_parse(const char *json, size_t len, const char *name, FILE *errs)
+{
+	struct ct_loglist *list;
+	json_error_t jerr;
+	json_t *root, *ops, *o, *v;
+	size_t i;
+
+	root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (root == NULL) {
+		fprintf(errs, "%s:%d: not JSON: %s\n", name, jerr.line,
+		    jerr.text);
+		return NULL;
+	}
+	ops = json_object_get(root, "operators");
+	if (!json_is_array(ops)) {
+		fprintf(errs, "%s: no \"operators\" array: not a v3 log list\n",
+		    name);
+		json_decref(root);
+		return NULL;
+	}
+	if ((list = calloc(1, sizeof(*list))) == NULL) {
+		json_decref(root);
+		return NULL;
+	}
+	v = json_object_get(root, "log_list_timestamp");
+	if (json_is_string(v) && ct_parse_rfc3339(json_string_value(v),
+	    &list->timestamp_ms) != 0)
+		fprintf(errs, "%s: log_list_timestamp '%s' is not RFC 3339\n",
+		    name, json_string_value(v));
+	v = json_object_get(root, "version");
+	if (json_is_string(v))
+		list->version = strdup(json_string_value(v));
+	else if (json_is_integer(v) &&
+	    (list->version = malloc(24)) != NULL)
+		snprintf(list->version, 24, "%lld",
+		    (long long)json_integer_value(v));
+	json_array_foreach(ops, i, o) {
+		const char *opname = json_string_value(json_object_get(o,
+		    "name"));
+		int op;
+
+		if (!json_is_object(o) || opname == NULL) {
+			fprintf(errs, "%s: operator %zu has no name; "
+			    "skipped\n", name, i);
+			continue;
+		}
+		if (find_operator(list, opname) >= 0 &&
+		    json_object_get(o, "logs") != NULL) {
+			/* Named before only as a previous operator: fine. */
+		}
+		if ((op = operator_index(list, opname)) < 0)
+			continue;
+		add_logs(list, json_object_get(o, "logs"), op, false, name,
+		    errs);
+		add_logs(list, json_object_get(o, "tiled_logs"), op, true,
+		    name, errs);
+	}
+	json_decref(root);
+	if (list->nlogs == 0) {
+		fprintf(errs, "%s: no usable log in the list\n", name);
+		ct_loglist_free(list);
+		return NULL;
+	}
+	return list;
+}
+
+struct ct_loglist *
+ct_loglist_load(const char *path, FILE *errs)
+{
+	struct ct_loglist *list = NULL;
+	struct stat st;
+	char *buf = NULL;
+	FILE *fp;
+	size_t n;
+
+	if ((fp = fopen(path, "r")) == NULL) {
+		fprintf(errs, "%s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(fp), &st) == -1 || st.st_size > 64 * 1024 * 1024 ||
+	    (buf = malloc((size_t)st.st_size + 1)) == NULL) {
+		fprintf(errs, "%s: cannot read (too large?)\n", path);
+		goto done;
+	}
+	n = fread(buf, 1, (size_t)st.st_size, fp);
+	if (ferror(fp)) {
+		fprintf(errs, "%s: %s\n", path, strerror(errno));
+		goto done;
+	}
+	list = ct_loglist_parse(buf, n, path, errs);
+	/* Apple's layout carries no log_list_timestamp: date it by the file. */
+	if (list != NULL && list->timestamp_ms == 0)
+		list->timestamp_ms = (int64_t)st.st_mtime * 1000;
+done:
+	free(buf);
+	fclose(fp);
+	return list;
+}
+
+void
+ct_loglist_free(struct ct_loglist *list)
+{
+	size_t i;
+
+	if (list == NULL)
+		return;
+	for (i = 0; i < list->nlogs; i++)
+		log_free(&list->logs[i]);
+	for (i = 0; i < list->noperators; i++)
+		free(list->operators[i]);
+	free(list->logs);
+	free(list->operators);
+	free(list->version);
+	free(list);
+}
+
+const struct ct_log *
+ct_loglist_find(const struct ct_loglist *list, const uint8_t *id,
+    size_t idlen)
+{
+	size_t i;
+
+	if (list == NULL || idlen != CT_LOG_ID_LEN)
+		return NULL;
+	for (i = 0; i < list->nlogs; i++)
+		if (memcmp(list->logs[i].id, id, CT_LOG_ID_LEN) == 0)
+			return &list->logs[i];
+	return NULL;
+}
+
+int
+ct_log_operator_at(const struct ct_log *log, int64_t ts_ms)
+{
+	const struct ct_prev_operator *best = NULL;
+	size_t i;
+
+	/* The earliest handover after ts names who ran the log then. */
+	for (i = 0; i < log->nprev; i++)
+		if (ts_ms < log->prev[i].end_ms &&
+		    (best == NULL || log->prev[i].end_ms < best->end_ms))
+			best = &log->prev[i];
+	return best ? best->op : log->op;
+}
+
+STACK_OF(SCT) *
+ct_embedded_scts(X509 *cert)
+{
+	return X509_get_ext_d2i(cert, NID_ct_precert_scts, NULL, NULL);
+}
+
+/* What every SCT of one certificate is signed over, built once. */
+struct signed_entry {
+	uint8_t	*x509;		/* leaf DER */
+	int	 x509_len;
+	uint8_t	*tbs;		/* precert TBS: the leaf without its SCT list */
+	int	 tbs_len;
+	uint8_t	 issuer_key_hash[32];
+	bool	 have_issuer;
+};
+
+static void
+entry_init(struct signed_entry *e, X509 *leaf, X509 *issuer)
+{
+	X509 *pre;
+	int idx;
+
+	memset(e, 0, sizeof(*e));
+	e->x509_len = i2d_X509(leaf, &e->x509);
+	if (issuer != NULL) {
+		unsigned char *der = NULL;
+		unsigned int mdlen;
+		int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(issuer), &der);
+
+		e->have_issuer = len > 0 && EVP_Digest(der, (size_t)len,
+		    e->issuer_key_hash, &mdlen, EVP_sha256(), NULL) == 1;
+		OPENSSL_free(der);
+	}
+	if ((pre = X509_dup(leaf)) == NULL)
+		return;
+	/* RFC 6962 3.2: the TBS without the SCT list (and any poison). */
+	while ((idx = X509_get_ext_by_NID(pre, NID_ct_precert_scts, -1)) >= 0)
+		X509_EXTENSION_free(X509_delete_ext(pre, idx));
+	while ((idx = X509_get_ext_by_NID(pre, NID_ct_precert_poison, -1)) >= 0)
+		X509_EXTENSION_free(X509_delete_ext(pre, idx));
+	e->tbs_len = i2d_re_X509_tbs(pre, &e->tbs);
+	X509_free(pre);
+}
+
+static void
+entry_free(struct signed_entry *e)
+{
+	OPENSSL_free(e->x509);
+	OPENSSL_free(e->tbs);
+}
+
+static void
+put_be(uint8_t *p, uint64_t v, int n)
+{
+	while (n-- > 0) {
+		p[n] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+/* Verify one SCT's signature against log's key. */
+static enum ct_sct_status
+verify_sct(const struct signed_entry *e, SCT *sct, const struct ct_log *log)
+{
+	unsigned char *ext = NULL, *sig = NULL;
+	size_t extlen = SCT_get0_extensions(sct, &ext);
+	size_t siglen = SCT_get0_signature(sct, &sig);
+	ct_log_entry_type_t type = SCT_get_log_entry_type(sct);
+	const uint8_t *body;
+	size_t bodylen, off = 0, need;
+	uint8_t *buf;
+	EVP_MD_CTX *md;
+	int ok = 0;
+
+	if (SCT_get_version(sct) != SCT_VERSION_V1 || sig == NULL ||
+	    siglen == 0)
+		return CT_SCT_INVALID;
+	if (type == CT_LOG_ENTRY_TYPE_PRECERT) {
+		if (!e->have_issuer)
+			return CT_SCT_UNVERIFIED;
+		body = e->tbs;
+		bodylen = e->tbs_len > 0 ? (size_t)e->tbs_len : 0;
+	} else {
+		body = e->x509;
+		bodylen = e->x509_len > 0 ? (size_t)e->x509_len : 0;
+	}
+	if (bodylen == 0 || bodylen > 0xffffff || extlen > 0xffff)
+		return CT_SCT_INVALID;
+	need = 1 + 1 + 8 + 2 + 32 + 3 + bodylen + 2 + extlen;
+	if ((buf = malloc(need)) == NULL)
+		return CT_SCT_INVALID;
+	/* RFC 6962 3.2 digitally-signed struct. */
+	buf[off++] = 0;			/* v1 */
+	buf[off++] = 0;			/* certificate_timestamp */
+	put_be(buf + off, SCT_get_timestamp(sct), 8);
+	off += 8;
+	put_be(buf + off, type == CT_LOG_ENTRY_TYPE_PRECERT ? 1 : 0, 2);
+	off += 2;
+	if (type == CT_LOG_ENTRY_TYPE_PRECERT) {
+		memcpy(buf + off, e->issuer_key_hash, 32);
+		off += 32;
+	}
+	put_be(buf + off, bodylen, 3);
+	off += 3;
+	memcpy(buf + off, body, bodylen);
+	off += bodylen;
+	put_be(buf + off, extlen, 2);
+	off += 2;
+	if (extlen)
+		memcpy(buf + off, ext, extlen);
+	off += extlen;
+	if ((md = EVP_MD_CTX_new()) != NULL &&
+	    EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, log->key) == 1)
+		ok = EVP_DigestVerify(md, sig, siglen, buf, off) == 1;
+	EVP_MD_CTX_free(md);
+	free(buf);
+	return ok ? CT_SCT_VALID : CT_SCT_INVALID;
+}
+
+size_t
+ct_check_scts(const struct ct_loglist *list, X509 *leaf, X509 *issuer,
+    const STACK_OF(SCT) *scts, int64_t now_ms, struct ct_sct *out,
+    size_t max)
+{
+	struct signed_entry e;
+	size_t n = 0;
+	int i;
+
+	entry_init(&e, leaf, issuer);
+	for (i = 0; i < sk_SCT_num(scts) && n < max; i++) {
+		SCT *sct = sk_SCT_value(scts, i);
+		struct ct_sct *r = &out[n++];
+		unsigned char *id = NULL;
+		size_t idlen = SCT_get0_log_id(sct, &id);
+
+		memset(r, 0, sizeof(*r));
+		switch (SCT_get_source(sct)) {
+		case SCT_SOURCE_TLS_EXTENSION:
+			r->source = CT_SRC_TLS;
+			break;
+		case SCT_SOURCE_OCSP_STAPLED_RESPONSE:
+			r->source = CT_SRC_OCSP;
+			break;
+		default:
+			r->source = CT_SRC_EMBEDDED;
+			break;
+		}
+		if (id != NULL && idlen == CT_LOG_ID_LEN)
+			memcpy(r->log_id, id, CT_LOG_ID_LEN);
+		r->timestamp_ms = (int64_t)SCT_get_timestamp(sct);
+		r->log = ct_loglist_find(list, id, idlen);
+		if (r->log == NULL)
+			r->status = CT_SCT_UNKNOWN_LOG;
+		else if (r->timestamp_ms > now_ms)
+			r->status = CT_SCT_FUTURE;
+		else
+			r->status = verify_sct(&e, sct, r->log);
+	}
+	entry_free(&e);
+	return n;
+}
+
+/* In a state that counts at now_ms: qualified, usable or read-only. */
+static bool
+log_current(const struct ct_log *log, int64_t now_ms)
+{
+	switch (log->state) {
+	case CT_LOG_QUALIFIED:
+	case CT_LOG_USABLE:
+	case CT_LOG_READONLY:
+		return true;
+	case CT_LOG_RETIRED:
+		/* Checked at a time before it retired: still current then. */
+		return now_ms < log->state_ms;
+	default:
+		return false;
+	}
+}
+
+static bool
+log_retired_by(const struct ct_log *log, int64_t now_ms)
+{
+	return log->state == CT_LOG_RETIRED && log->state_ms <= now_ms;
+}
+
+/* Distinct logs and operators among the SCTs marked in use[]. */
+static void
+count_distinct(const struct ct_sct *s, size_t n, const bool *use,
+    size_t *nlogs, size_t *nops, size_t per_op_max)
+{
+	size_t i, j, ops = 0, logs = 0;
+	int opsl[64];
+	size_t opcount[64];
+
+	for (i = 0; i < n; i++) {
+		int op;
+
+		if (!use[i])
+			continue;
+		for (j = 0; j < i; j++)
+			if (use[j] && s[j].log == s[i].log)
+				break;
+		if (j < i)
+			continue;	/* this log was counted already */
+		op = ct_log_operator_at(s[i].log, s[i].timestamp_ms);
+		for (j = 0; j < ops; j++)
+			if (opsl[j] == op)
+				break;
+		if (j == ops) {
+			if (ops == 64)
+				continue;
+			opsl[ops] = op;
+			opcount[ops++] = 0;
+		}
+		/* Apple counts at most per_op_max logs of one operator. */
+		if (per_op_max == 0 || opcount[j] < per_op_max) {
+			opcount[j]++;
+			logs++;
+		}
+	}
+	*nlogs = logs;
+	*nops = ops;
+}
+
+static bool
+chrome(const struct ct_sct *s, size_t n, int64_t lifetime, int64_t now_ms,
+    char *why, size_t whysz)
+{
+	bool use[256] = { false }, any_current = false;
+	size_t i, need, nlogs, nops, tlogs, tops;
+	int64_t earliest = INT64_MAX;
+
+	if (n > 256)
+		n = 256;
+	need = lifetime <= CHROME_SHORT_DAYS * DAY_SEC ? 2 : 3;
+	for (i = 0; i < n; i++)
+		if (s[i].status == CT_SCT_VALID && s[i].timestamp_ms < earliest)
+			earliest = s[i].timestamp_ms;
+	/* Embedded: retired logs count if the earliest SCT predates it. */
+	for (i = 0; i < n; i++) {
+		const struct ct_log *l = s[i].log;
+
+		if (s[i].status != CT_SCT_VALID || s[i].source !=
+		    CT_SRC_EMBEDDED)
+			continue;
+		if (log_current(l, now_ms)) {
+			use[i] = true;
+			any_current = true;
+		} else if (log_retired_by(l, now_ms) && earliest < l->state_ms)
+			use[i] = true;
+	}
+	count_distinct(s, n, use, &nlogs, &nops, 0);
+	if (any_current && nlogs >= need && nops >= 2) {
+		snprintf(why, whysz, "chrome: embedded SCTs from %zu logs of "
+		    "%zu operators (need %zu logs, 2 operators)", nlogs, nops,
+		    need);
+		return true;
+	}
+	/* TLS-delivered: current logs only; OCSP SCTs no longer count. */
+	for (i = 0; i < n; i++)
+		use[i] = s[i].status == CT_SCT_VALID &&
+		    s[i].source == CT_SRC_TLS && log_current(s[i].log, now_ms);
+	count_distinct(s, n, use, &tlogs, &tops, 0);
+	if (tlogs >= 2 && tops >= 2) {
+		snprintf(why, whysz, "chrome: TLS SCTs from %zu logs of %zu "
+		    "operators", tlogs, tops);
+		return true;
+	}
+	snprintf(why, whysz, "chrome: embedded SCTs from %zu logs of %zu "
+	    "operators%s, need %zu logs and 2 operators (lifetime %lld days); "
+	    "TLS SCTs from %zu logs of %zu operators, need 2 and 2", nlogs,
+	    nops, nlogs && !any_current ? " none of them current" : "", need,
+	    (long long)((lifetime + DAY_SEC - 1) / DAY_SEC), tlogs, tops);
+	return false;
+}
+
+static bool
+apple(const struct ct_sct *s, size_t n, int64_t lifetime, int64_t now_ms,
+    char *why, size_t whysz)
+{
+	bool use[256] = { false }, current_embedded = false, via_tls = false;
+	size_t i, need, per_op, nonce, nonceops, ncur, ncurops, nemb, nembops;
+	int64_t days = (lifetime + 1 + DAY_SEC - 1) / DAY_SEC;	/* inclusive */
+
+	if (n > 256)
+		n = 256;
+	if (days > APPLE_MAX_DAYS) {
+		snprintf(why, whysz, "apple: lifetime of %lld days is over %d",
+		    (long long)days, APPLE_MAX_DAYS);
+		return false;
+	}
+	need = days <= CHROME_SHORT_DAYS ? 2 : 3;
+	per_op = days <= CHROME_SHORT_DAYS ? 1 : 2;
+	/* Once or currently approved: an SCT from before retirement. */
+	for (i = 0; i < n; i++)
+		use[i] = s[i].status == CT_SCT_VALID &&
+		    (log_current(s[i].log, now_ms) ||
+		    (log_retired_by(s[i].log, now_ms) &&
+		    s[i].timestamp_ms < s[i].log->state_ms));
+	count_distinct(s, n, use, &nonce, &nonceops, 0);
+	if (nonce < 2) {
+		snprintf(why, whysz, "apple: SCTs from %zu approved logs, "
+		    "need 2", nonce);
+		return false;
+	}
+	for (i = 0; i < n; i++) {
+		use[i] = s[i].status == CT_SCT_VALID &&
+		    log_current(s[i].log, now_ms);
+		if (use[i] && s[i].source != CT_SRC_EMBEDDED)
+			via_tls = true;
+	}
+	count_distinct(s, n, use, &ncur, &ncurops, 0);
+	if (ncur >= 2 && via_tls) {
+		snprintf(why, whysz, "apple: SCTs from %zu current logs, one "
+		    "delivered in the handshake", ncur);
+		return true;
+	}
+	for (i = 0; i < n; i++) {
+		bool ok = s[i].status == CT_SCT_VALID &&
+		    s[i].source == CT_SRC_EMBEDDED;
+
+		if (ok && log_current(s[i].log, now_ms))
+			current_embedded = true;
+		use[i] = ok && (log_current(s[i].log, now_ms) ||
+		    (log_retired_by(s[i].log, now_ms) &&
+		    s[i].timestamp_ms < s[i].log->state_ms));
+	}
+	count_distinct(s, n, use, &nemb, &nembops, per_op);
+	if (current_embedded && nemb >= need) {
+		snprintf(why, whysz, "apple: embedded SCTs from %zu logs "
+		    "(at most %zu per operator; need %zu)", nemb, per_op, need);
+		return true;
+	}
+	snprintf(why, whysz, "apple: embedded SCTs from %zu logs counting at "
+	    "most %zu per operator%s, need %zu (lifetime %lld days)", nemb,
+	    per_op, current_embedded ? "" : ", none from a current log", need,
+	    (long long)days);
+	return false;
+}
+
+bool
+ct_policy_compliant(enum ct_policy policy, const struct ct_sct *scts,
+    size_t n, int64_t not_before, int64_t not_after, int64_t now_ms,
+    char *why, size_t whysz)
+{
+	int64_t lifetime = not_after - not_before;
+
+	if (policy == CT_POLICY_APPLE)
+		return apple(scts, n, lifetime, now_ms, why, whysz);
+	return chrome(scts, n, lifetime, now_ms, why, whysz);
+}
+
+static int64_t
+asn1_time_sec(const ASN1_TIME *t)
+{
+	struct tm tm;
+
+	if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
+		return 0;
+	return (int64_t)timegm(&tm);
+}
+
+void
+ct_evaluate(const struct ct_loglist *list, enum ct_policy policy, X509 *leaf,
+    X509 *issuer, const STACK_OF(SCT) *scts, int64_t now_ms,
+    struct ct_verdict *v)
+{
+	v->nscts = ct_check_scts(list, leaf, issuer, scts, now_ms, v->scts,
+	    CT_MAX_SCTS);
+	if (v->nscts == 0) {
+		v->compliant = false;
+		snprintf(v->why, sizeof(v->why), "%s: no SCTs",
+		    ct_policy_str[policy]);
+		return;
+	}
+	v->compliant = ct_policy_compliant(policy, v->scts, v->nscts,
+	    asn1_time_sec(X509_get0_notBefore(leaf)),
+	    asn1_time_sec(X509_get0_notAfter(leaf)), now_ms, v->why,
+	    sizeof(v->why));
+}
