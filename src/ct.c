@@ -4,8 +4,11 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -378,6 +381,72 @@ done:
 	free(buf);
 	fclose(fp);
 	return list;
+}
+
+int
+ct_loglist_install(const char *path, const char *json, size_t len,
+    const char *origin, FILE *out, FILE *errs)
+{
+	struct ct_loglist *list;
+	char *tmp = NULL, *dir = NULL, when[40];
+	int fd = -1, dfd = -1, rc = -1;
+	size_t done = 0;
+
+	if ((list = ct_loglist_parse(json, len, origin, errs)) == NULL)
+		return -1;
+	if (list->timestamp_ms == 0)
+		fprintf(errs, "%s: no log_list_timestamp: the list is dated "
+		    "by the file from now on\n", origin);
+	if (asprintf(&tmp, "%s.XXXXXX", path) == -1) {
+		tmp = NULL;
+		goto done;
+	}
+	if ((fd = mkstemp(tmp)) == -1) {
+		fprintf(errs, "%s: %s\n", tmp, strerror(errno));
+		goto done;
+	}
+	while (done < len) {
+		ssize_t n = write(fd, json + done, len - done);
+
+		if (n <= 0) {
+			fprintf(errs, "%s: %s\n", tmp, strerror(errno));
+			goto done;
+		}
+		done += (size_t)n;
+	}
+	/* Readable by the resolver after it dropped privileges. */
+	if (fchmod(fd, 0644) == -1 || fsync(fd) == -1 || close(fd) == -1) {
+		fd = -1;
+		fprintf(errs, "%s: %s\n", tmp, strerror(errno));
+		goto done;
+	}
+	fd = -1;
+	if (rename(tmp, path) == -1) {
+		fprintf(errs, "%s: %s\n", path, strerror(errno));
+		goto done;
+	}
+	free(tmp);
+	tmp = NULL;
+	/* The rename itself survives a crash only once the directory is. */
+	if ((dir = strdup(path)) != NULL &&
+	    (dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY)) != -1) {
+		fsync(dfd);
+		close(dfd);
+	}
+	fprintf(out, "installed %s from %s: version %s of %s, %zu logs of "
+	    "%zu operators\n", path, origin, list->version ? list->version :
+	    "?", ct_format_time(list->timestamp_ms, when, sizeof(when)),
+	    list->nlogs, list->noperators);
+	rc = 0;
+done:
+	if (fd != -1)
+		close(fd);
+	if (tmp != NULL)
+		unlink(tmp);
+	free(tmp);
+	free(dir);
+	ct_loglist_free(list);
+	return rc;
 }
 
 void

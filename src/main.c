@@ -37,7 +37,8 @@ usage(FILE *out)
 	fprintf(out,
 	    "usage: stubborn [run] [-c FILE] [-f] [-v]\n"
 	    "       stubborn check-config [-c FILE]\n"
-	    "       stubborn pin URL [--address IP] [--ca-file FILE]\n"
+	    "       stubborn pin URL [--address IP] [--ca-file FILE] [-c FILE]\n"
+	    "       stubborn update-log-list [URL] [-c FILE]\n"
 	    "       stubborn check-cert --chain PEM --host NAME [--pin P]... "
 	    "[--ca-file F]\n"
 	    "                  [--log-list F] [--at TIME] "
@@ -237,67 +238,6 @@ done:
 	return rc;
 }
 
-/* A blocking TCP connection to a, or -1 (message printed). */
-static int
-connect_timeout(const struct addr *a)
-{
-	struct timeval tv = { PIN_TIMEOUT_SEC, 0 };
-	struct pollfd pfd;
-	socklen_t elen = sizeof(int);
-	int fd, err = 0;
-
-	if ((fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
-	    SOCK_CLOEXEC, 0)) == -1)
-		return -1;
-	if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == -1) {
-		if (errno != EINPROGRESS)
-			goto fail;
-		pfd.fd = fd;
-		pfd.events = POLLOUT;
-		if (poll(&pfd, 1, PIN_TIMEOUT_SEC * 1000) != 1) {
-			errno = ETIMEDOUT;
-			goto fail;
-		}
-		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == -1 ||
-		    err != 0) {
-			errno = err;
-			goto fail;
-		}
-	}
-	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == -1)
-		goto fail;
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	return fd;
-fail:
-	err = errno;
-	close(fd);
-	errno = err;
-	return -1;
-}
-
-static int
-resolve_first(const char *host, uint16_t port, struct addr *a)
-{
-	struct addrinfo hints = { 0 }, *res;
-	int e;
-
-	hints.ai_socktype = SOCK_STREAM;
-	if ((e = getaddrinfo(host, NULL, &hints, &res)) != 0) {
-		fprintf(stderr, "stubborn: %s: %s\n", host, gai_strerror(e));
-		return -1;
-	}
-	memset(a, 0, sizeof(*a));
-	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
-	a->len = res->ai_addrlen;
-	if (a->ss.ss_family == AF_INET)
-		((struct sockaddr_in *)&a->ss)->sin_port = htons(port);
-	else
-		((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(port);
-	freeaddrinfo(res);
-	return 0;
-}
-
 static void
 print_chain_pins(STACK_OF(X509) *chain)
 {
@@ -320,6 +260,42 @@ print_chain_pins(STACK_OF(X509) *chain)
 	}
 }
 
+/* Print one line per SCT of v, each after prefix. */
+static void
+print_scts(const char *prefix, const struct ct_loglist *list,
+    const struct ct_verdict *v)
+{
+	char when[40], id[48];
+	size_t i;
+
+	for (i = 0; i < v->nscts; i++) {
+		const struct ct_sct *s = &v->scts[i];
+
+		EVP_EncodeBlock((unsigned char *)id, s->log_id, CT_LOG_ID_LEN);
+		printf("%ssct: source=%s log=\"%s\" log_id=%s "
+		    "operator=\"%s\" time=%s status=%s\n", prefix,
+		    ct_source_str[s->source],
+		    s->log ? s->log->description : "-", id,
+		    s->log ? list->operators[ct_log_operator_at(s->log,
+		    s->timestamp_ms)] : "-",
+		    ct_format_time(s->timestamp_ms, when, sizeof(when)),
+		    ct_sct_status_str[s->status]);
+	}
+}
+
+/*
+ * The conf's CT log list for the command line, or NULL (errors on
+ * stderr) when there is none to use.
+ */
+static struct ct_loglist *
+cli_ct_list(const struct config *cfg)
+{
+	if (cfg->ct == CT_OFF || cfg->ct_log_list == NULL ||
+	    access(cfg->ct_log_list, F_OK) != 0)
+		return NULL;
+	return ct_loglist_load(cfg->ct_log_list, stderr);
+}
+
 static int
 cmd_pin(int argc, char **argv)
 {
@@ -329,23 +305,26 @@ cmd_pin(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct upstream_conf uc = { 0 };
-	struct tls_gate gate = { 0 };
-	const char *address = NULL, *ca_file = NULL, *err;
-	char addrstr[INET6_ADDRSTRLEN + 16];
-	struct addr a;
-	SSL_CTX *ctx = NULL;
-	SSL *ssl = NULL;
-	int ch, fd = -1, rc = EXIT_USAGE;
+	const char *address = NULL, *ca_file = NULL, *conf = STUBBORN_CONF;
+	bool conf_given = false;
+	struct tls_client tc;
+	struct config *cfg;
+	struct ct_loglist *list;
+	char err[512];
+	int ch, rc;
 
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'a':
 			address = optarg;
 			break;
 		case 'C':
 			ca_file = optarg;
+			break;
+		case 'c':
+			conf = optarg;
+			conf_given = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -359,54 +338,102 @@ cmd_pin(int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	uc.name = "pin";
-	if ((err = config_parse_url(argv[optind], &uc)) != NULL) {
-		fprintf(stderr, "stubborn: %s: %s\n", argv[optind], err);
-		goto done;
-	}
-	if (address != NULL) {
-		if (config_parse_addr(address, uc.port, &a) != 0) {
-			fprintf(stderr, "stubborn: bad address '%s'\n",
-			    address);
-			goto done;
-		}
-	} else if (resolve_first(uc.host, uc.port, &a) != 0)
-		goto done;
-	config_addr_str(&a, addrstr, sizeof(addrstr));
-	rc = EXIT_CHECK_FAILED;
+	if ((cfg = config_load(conf, conf_given, stderr)) == NULL)
+		return EXIT_USAGE;
+	list = cli_ct_list(cfg);
 	tls_init();
-	if ((ctx = tls_ctx_new(ca_file)) == NULL ||
-	    (ssl = tls_ssl_new(ctx, &uc, &gate)) == NULL)
-		goto done;
-	if ((fd = connect_timeout(&a)) == -1) {
-		fprintf(stderr, "stubborn: %s: %s\n", addrstr, strerror(errno));
-		goto done;
-	}
-	SSL_set_fd(ssl, fd);
-	if (SSL_connect(ssl) != 1) {
-		if (gate.checked && gate.verdict != TRUST_OK)
-			printf("# %s at %s: rejected (%s): %s\n", uc.host,
-			    addrstr, trust_verdict_str[gate.verdict],
-			    gate.detail);
-		else
-			log_crypto("TLS handshake failed");
+	rc = tls_client_open(&tc, argv[optind], address,
+	    ca_file ? ca_file : cfg->ca_file, list, cfg->ct_policy, err,
+	    sizeof(err));
+	if (rc != 0) {
+		fprintf(stderr, "stubborn: %s\n", err);
+		rc = rc == -2 ? EXIT_USAGE : EXIT_CHECK_FAILED;
 		goto done;
 	}
-	printf("# %s at %s: chain and hostname verified; CT is not checked "
-	    "by this version\n", uc.host, addrstr);
-	print_chain_pins(SSL_get0_verified_chain(ssl));
-	rc = 0;
+	printf("# %s at %s: chain and hostname verified\n", tc.uc.host,
+	    tc.addrstr);
+	print_chain_pins(SSL_get0_verified_chain(tc.ssl));
+	if (list == NULL)
+		printf("# ct: skipped (no CT log list in the conf)\n");
+	else {
+		/* Comments, so the output can still be pasted into a conf. */
+		print_scts("# ", list, &tc.gate.ct);
+		printf("# ct: %s (%s)\n", tc.gate.report_only ? "FAIL" : "ok",
+		    tc.gate.report_only ? tc.gate.detail : tc.gate.ct.why);
+	}
 done:
-	if (ssl != NULL) {
-		SSL_shutdown(ssl);
-		SSL_free(ssl);
+	tls_client_close(&tc);
+	ct_loglist_free(list);
+	config_free(cfg);
+	return rc;
+}
+
+static int
+cmd_update_log_list(int argc, char **argv)
+{
+	struct run_opts o = { 0 };
+	struct config *cfg;
+	struct tls_client tc;
+	const char *url;
+	char err[512] = "", *body = NULL;
+	size_t len = 0;
+	int rc;
+
+	o.conf = STUBBORN_CONF;
+	optind = 1;
+	while ((rc = getopt(argc, argv, "c:h")) != -1) {
+		switch (rc) {
+		case 'c':
+			o.conf = optarg;
+			o.conf_given = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
 	}
-	if (fd != -1)
-		close(fd);
-	SSL_CTX_free(ctx);
-	tls_gate_clear(&gate);
-	free(uc.host);
-	free(uc.path);
+	if (optind < argc - 1) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+		return EXIT_USAGE;
+	url = optind < argc ? argv[optind] : cfg->ct_log_list_url;
+	if (url == NULL || cfg->ct_log_list == NULL) {
+		fprintf(stderr, "stubborn: update-log-list needs a URL (or "
+		    "ct-log-list-url) and ct-log-list in the conf\n");
+		config_free(cfg);
+		return EXIT_USAGE;
+	}
+	if (strncmp(url, "https://", 8) != 0) {
+		fprintf(stderr, "stubborn: %s: the list is fetched over "
+		    "https:// only\n", url);
+		config_free(cfg);
+		return EXIT_USAGE;
+	}
+	tls_init();
+	/* The system store vouches for the list's server, never ca-file. */
+	rc = tls_client_open(&tc, url, NULL, NULL, NULL, CT_POLICY_CHROME, err,
+	    sizeof(err));
+	if (rc == 0 && tls_client_get(&tc, CT_LIST_MAX_BYTES, &body, &len,
+	    err, sizeof(err)) != 0)
+		rc = -1;
+	if (rc == 0 && ct_loglist_install(cfg->ct_log_list, body, len, url,
+	    stdout, stderr) != 0)
+		rc = -1;
+	if (rc != 0) {
+		if (body == NULL)
+			fprintf(stderr, "stubborn: %s\n", err);
+		fprintf(stderr, "stubborn: %s left as it was\n",
+		    cfg->ct_log_list);
+		rc = rc == -2 ? EXIT_USAGE : EXIT_CHECK_FAILED;
+	}
+	free(body);
+	tls_client_close(&tc);
+	config_free(cfg);
 	return rc;
 }
 
@@ -460,27 +487,6 @@ static char *
 name_line(X509 *x)
 {
 	return X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
-}
-
-/* Print one line per SCT of v. */
-static void
-print_scts(const struct ct_loglist *list, const struct ct_verdict *v)
-{
-	char when[40], id[48];
-	size_t i;
-
-	for (i = 0; i < v->nscts; i++) {
-		const struct ct_sct *s = &v->scts[i];
-
-		EVP_EncodeBlock((unsigned char *)id, s->log_id, CT_LOG_ID_LEN);
-		printf("sct: source=%s log=\"%s\" log_id=%s operator=\"%s\" "
-		    "time=%s status=%s\n", ct_source_str[s->source],
-		    s->log ? s->log->description : "-", id,
-		    s->log ? list->operators[ct_log_operator_at(s->log,
-		    s->timestamp_ms)] : "-",
-		    ct_format_time(s->timestamp_ms, when, sizeof(when)),
-		    ct_sct_status_str[s->status]);
-	}
 }
 
 static int
@@ -656,7 +662,7 @@ cmd_check_cert(int argc, char **argv)
 		if ((v = calloc(1, sizeof(*v))) == NULL)
 			goto done;
 		ct_evaluate(list, policy, leaf, issuer, scts, at_ms, v);
-		print_scts(list, v);
+		print_scts("", list, v);
 		printf("ct: %s (%s)\n", v->compliant ? "ok" : "FAIL", v->why);
 		if (!v->compliant && failed == NULL)
 			failed = "ct";
@@ -695,6 +701,8 @@ main(int argc, char **argv)
 		return cmd_pin(argc - 1, argv + 1);
 	if (strcmp(cmd, "check-cert") == 0)
 		return cmd_check_cert(argc - 1, argv + 1);
+	if (strcmp(cmd, "update-log-list") == 0)
+		return cmd_update_log_list(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0) {
 		printf("stubborn %s\n", PACKAGE_VERSION);
 		return 0;

@@ -1,6 +1,14 @@
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -192,4 +200,251 @@ tls_gate_clear(struct tls_gate *gate)
 	gate->report_only = false;
 	gate->ct.nscts = 0;
 	gate->ct.compliant = false;
+}
+
+#define CLIENT_TIMEOUT_SEC	10
+
+static int
+connect_blocking(const struct addr *a)
+{
+	struct timeval tv = { CLIENT_TIMEOUT_SEC, 0 };
+	struct pollfd pfd;
+	socklen_t elen = sizeof(int);
+	int fd, err = 0;
+
+	if ((fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0)) == -1)
+		return -1;
+	if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == -1) {
+		if (errno != EINPROGRESS)
+			goto fail;
+		pfd.fd = fd;
+		pfd.events = POLLOUT;
+		if (poll(&pfd, 1, CLIENT_TIMEOUT_SEC * 1000) != 1) {
+			errno = ETIMEDOUT;
+			goto fail;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == -1 ||
+		    err != 0) {
+			errno = err;
+			goto fail;
+		}
+	}
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == -1)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+fail:
+	err = errno;
+	close(fd);
+	errno = err;
+	return -1;
+}
+
+static int
+resolve_first(const char *host, uint16_t port, struct addr *a, char *err,
+    size_t errsz)
+{
+	struct addrinfo hints, *res;
+	int e;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if ((e = getaddrinfo(host, NULL, &hints, &res)) != 0) {
+		snprintf(err, errsz, "%s: %s", host, gai_strerror(e));
+		return -1;
+	}
+	memset(a, 0, sizeof(*a));
+	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+	a->len = res->ai_addrlen;
+	if (a->ss.ss_family == AF_INET)
+		((struct sockaddr_in *)&a->ss)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(port);
+	freeaddrinfo(res);
+	return 0;
+}
+
+int
+tls_client_open(struct tls_client *tc, const char *url, const char *address,
+    const char *ca_file, const struct ct_loglist *list, enum ct_policy policy,
+    char *err, size_t errsz)
+{
+	const char *why;
+	struct addr a;
+
+	memset(tc, 0, sizeof(*tc));
+	tc->fd = -1;
+	tc->uc.name = (char *)"cli";
+	if ((why = config_parse_url(url, &tc->uc)) != NULL) {
+		snprintf(err, errsz, "%s: %s", url, why);
+		return -2;
+	}
+	if (address != NULL) {
+		if (config_parse_addr(address, tc->uc.port, &a) != 0) {
+			snprintf(err, errsz, "bad address '%s'", address);
+			return -2;
+		}
+	} else if (resolve_first(tc->uc.host, tc->uc.port, &a, err,
+	    errsz) != 0)
+		return -1;
+	config_addr_str(&a, tc->addrstr, sizeof(tc->addrstr));
+	tc->gate.ct_list = list;
+	tc->gate.ct_policy = policy;
+	tc->gate.ct_report = true;
+	if ((tc->ctx = tls_ctx_new(ca_file)) == NULL ||
+	    (tc->ssl = tls_ssl_new(tc->ctx, &tc->uc, &tc->gate)) == NULL) {
+		snprintf(err, errsz, "cannot set up TLS");
+		return -1;
+	}
+	if ((tc->fd = connect_blocking(&a)) == -1) {
+		snprintf(err, errsz, "%s: %s", tc->addrstr, strerror(errno));
+		return -1;
+	}
+	SSL_set_fd(tc->ssl, tc->fd);
+	if (SSL_connect(tc->ssl) != 1) {
+		if (tc->gate.checked && tc->gate.verdict != TRUST_OK)
+			snprintf(err, errsz, "%s at %s: rejected (%s): %s",
+			    tc->uc.host, tc->addrstr,
+			    trust_verdict_str[tc->gate.verdict],
+			    tc->gate.detail);
+		else {
+			unsigned long e = ERR_peek_last_error();
+
+			snprintf(err, errsz, "%s at %s: TLS handshake failed: "
+			    "%s", tc->uc.host, tc->addrstr, e ?
+			    ERR_reason_error_string(e) : "connection closed");
+		}
+		ERR_clear_error();
+		return -1;
+	}
+	tls_gate_complete(&tc->gate);
+	ERR_clear_error();
+	return 0;
+}
+
+/* Undo chunked transfer coding in place; the new length or -1. */
+static long
+unchunk(char *b, size_t len)
+{
+	size_t in = 0, out = 0;
+
+	for (;;) {
+		char *ep;
+		unsigned long n;
+
+		if (in >= len)
+			return -1;
+		n = strtoul(b + in, &ep, 16);
+		if (ep == b + in || (ep = strstr(ep, "\r\n")) == NULL)
+			return -1;
+		in = (size_t)(ep - b) + 2;
+		if (n == 0)
+			return (long)out;
+		if (n > len - in || len - in - n < 2)
+			return -1;
+		memmove(b + out, b + in, n);
+		out += n;
+		in += n + 2;
+	}
+}
+
+int
+tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
+    char *err, size_t errsz)
+{
+	char req[1024], *buf = NULL, *hdr_end, *p;
+	size_t used = 0, cap = 0;
+	long blen;
+	int n, status;
+
+	*body = NULL;
+	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n"
+	    "User-Agent: stubborn/%s\r\nAccept: application/json\r\n"
+	    "Connection: close\r\n\r\n", tc->uc.path ? tc->uc.path : "/",
+	    tc->uc.host, PACKAGE_VERSION);
+	if (SSL_write(tc->ssl, req, (int)strlen(req)) <= 0) {
+		snprintf(err, errsz, "cannot send the request");
+		return -1;
+	}
+	for (;;) {
+		if (used + 16384 + 1 > cap) {
+			char *nb;
+
+			if (cap > max + 65536) {
+				snprintf(err, errsz, "answer larger than %zu "
+				    "bytes", max);
+				goto fail;
+			}
+			cap = cap ? cap * 2 : 65536;
+			if ((nb = realloc(buf, cap)) == NULL) {
+				snprintf(err, errsz, "out of memory");
+				goto fail;
+			}
+			buf = nb;
+		}
+		n = SSL_read(tc->ssl, buf + used, 16384);
+		if (n <= 0)
+			break;
+		used += (size_t)n;
+	}
+	ERR_clear_error();
+	if (buf == NULL)
+		goto short_answer;
+	buf[used] = '\0';
+	if ((hdr_end = strstr(buf, "\r\n\r\n")) == NULL)
+		goto short_answer;
+	if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
+		snprintf(err, errsz, "not an HTTP answer");
+		goto fail;
+	}
+	if (status != 200) {
+		snprintf(err, errsz, "HTTP status %d", status);
+		goto fail;
+	}
+	*hdr_end = '\0';
+	p = hdr_end + 4;
+	blen = (long)(used - (size_t)(p - buf));
+	for (char *h = strstr(buf, "\r\n"); h != NULL; h = strstr(h + 2,
+	    "\r\n")) {
+		if (strncasecmp(h + 2, "transfer-encoding:", 18) == 0 &&
+		    strcasestr(h + 20, "chunked") != NULL &&
+		    (blen = unchunk(p, (size_t)blen)) < 0)
+			goto short_answer;
+		if (strncasecmp(h + 2, "content-length:", 15) == 0 &&
+		    strtol(h + 17, NULL, 10) != blen)
+			goto short_answer;	/* cut off: never install it */
+	}
+	if ((size_t)blen > max) {
+		snprintf(err, errsz, "answer larger than %zu bytes", max);
+		goto fail;
+	}
+	memmove(buf, p, (size_t)blen);
+	buf[blen] = '\0';
+	*body = buf;
+	*len = (size_t)blen;
+	return 0;
+short_answer:
+	snprintf(err, errsz, "incomplete HTTP answer");
+fail:
+	free(buf);
+	return -1;
+}
+
+void
+tls_client_close(struct tls_client *tc)
+{
+	if (tc->ssl != NULL) {
+		SSL_shutdown(tc->ssl);
+		SSL_free(tc->ssl);
+	}
+	if (tc->fd != -1)
+		close(tc->fd);
+	SSL_CTX_free(tc->ctx);
+	tls_gate_clear(&tc->gate);
+	free(tc->uc.host);
+	free(tc->uc.path);
+	memset(tc, 0, sizeof(*tc));
+	tc->fd = -1;
 }

@@ -65,6 +65,17 @@ struct ct_loglist *ct_loglist_parse(const char *json, size_t len,
 /* Read and parse path (see ct_loglist_parse); dates it by mtime if need. */
 struct ct_loglist *ct_loglist_load(const char *path, FILE *errs);
 
+#define CT_LIST_MAX_BYTES	(16 * 1024 * 1024)
+
+/*
+ * Validate the list in json (len bytes, fetched from origin) and, when it
+ * parses, replace path with it atomically (a temporary file in the same
+ * directory, fsync, rename).  What was installed goes to out, problems to
+ * errs.  Returns 0, or -1 with path untouched.
+ */
+int	ct_loglist_install(const char *path, const char *json, size_t len,
+	    const char *origin, FILE *out, FILE *errs);
+
 /* NULL is a no-op. */
 void	ct_loglist_free(struct ct_loglist *list);
 

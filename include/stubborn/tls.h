@@ -59,6 +59,43 @@ SSL	*tls_ssl_new(SSL_CTX *ctx, const struct upstream_conf *uc,
  */
 bool	tls_gate_complete(struct tls_gate *gate);
 
+/*
+ * A blocking TLS client for the command line (pin, update-log-list),
+ * behind the same gate as the resolver.
+ */
+struct tls_client {
+	struct upstream_conf	 uc;		/* host, port, path of the URL */
+	char			 addrstr[64];	/* where it connected */
+	int			 fd;
+	SSL_CTX			*ctx;
+	SSL			*ssl;
+	struct tls_gate		 gate;
+};
+
+/*
+ * Connect to url (tls:// or https://) at address (NULL: the host's first
+ * address from the system resolver), trusting ca_file (NULL: the system
+ * store), and run the handshake with the gate; with list set the CT step
+ * runs in report mode (the caller reads gate.ct).  Returns 0; -1 when the
+ * connection or the gate failed; -2 for a bad url or address.  err
+ * (errsz bytes) says why.  Call tls_client_close in every case.
+ */
+int	tls_client_open(struct tls_client *tc, const char *url,
+	    const char *address, const char *ca_file,
+	    const struct ct_loglist *list, enum ct_policy policy, char *err,
+	    size_t errsz);
+
+/*
+ * HTTP/1.1 GET of the URL's path on an open client: the body of a 200
+ * answer, at most max bytes, into *body (free() it).  Returns 0 or -1
+ * with err set.
+ */
+int	tls_client_get(struct tls_client *tc, size_t max, char **body,
+	    size_t *len, char *err, size_t errsz);
+
+/* Close and free what tc holds. */
+void	tls_client_close(struct tls_client *tc);
+
 /* Release what the gate holds and reset its outcome; its settings stay. */
 void	tls_gate_clear(struct tls_gate *gate);
 

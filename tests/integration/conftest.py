@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import hostile as hostile_mod
 import pki
 import servers
 
@@ -156,12 +157,35 @@ def silent_upstream(addresses):
 
 
 @pytest.fixture
-def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream):
+def hostile(request, certs, addresses):
+    """Factory: hostile(script, name="hostile", delivery="record") starts a
+    misbehaving DoT server (hostile.HostileDot) with the good certificate;
+    its .spec() is the [upstream] section for stubborn."""
+    started = []
+
+    def start(script, name="hostile", delivery="record"):
+        h = hostile_mod.HostileDot(name, addresses.take(), certs["good"], script,
+                                   delivery)
+        started.append(h)
+        _attach(request, f"hostile {name} {h.address}:{h.port}", h)
+        return h.start()
+
+    yield start
+    problems = []
+    for h in reversed(started):
+        problems += h.stop()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream, hostile):
     """Factory: stubborn(specs, **conf options) writes a conf, starts
     `stubborn run -c CONF -f` and returns once it has logged 'ready'.
     Teardown sends SIGTERM and requires exit status 0, which is also how a
     sanitizer build reports leaks."""
-    # Depending on `upstream` makes pytest stop stubborn before its upstreams.
+    # Depending on `upstream` and `hostile` makes pytest stop stubborn
+    # before its upstreams.
     started = []
 
     def start(specs, ca_file=None, **kw):
