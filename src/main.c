@@ -594,8 +594,7 @@ cmd_check_cert(int argc, char **argv)
 	if ((store = X509_STORE_new()) == NULL ||
 	    (xctx = X509_STORE_CTX_new()) == NULL)
 		goto done;
-	if (ca_file != NULL ? X509_STORE_load_file(store, ca_file) != 1 :
-	    X509_STORE_set_default_paths(store) != 1) {
+	if (tls_store_load(store, ca_file) != 0) {
 		log_crypto(ca_file ? ca_file : "the system trust store");
 		goto done;
 	}

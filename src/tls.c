@@ -124,6 +124,27 @@ tls_gate_complete(struct tls_gate *gate)
 	return false;
 }
 
+int
+tls_store_load(X509_STORE *store, const char *ca_file)
+{
+	const char *file, *dir;
+	bool any = false;
+
+	if (ca_file != NULL)
+		return X509_STORE_load_file(store, ca_file) == 1 ? 0 : -1;
+	/* The same places and environment overrides as the defaults. */
+	if ((file = getenv(X509_get_default_cert_file_env())) == NULL)
+		file = X509_get_default_cert_file();
+	if ((dir = getenv(X509_get_default_cert_dir_env())) == NULL)
+		dir = X509_get_default_cert_dir();
+	if (access(file, R_OK) == 0 && X509_STORE_load_file(store, file) == 1)
+		any = true;
+	if (X509_STORE_load_path(store, dir) == 1)
+		any = true;
+	ERR_clear_error();	/* one of the two may well be missing */
+	return any ? 0 : -1;
+}
+
 SSL_CTX *
 tls_ctx_new(const char *ca_file)
 {
@@ -141,14 +162,8 @@ tls_ctx_new(const char *ca_file)
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
-	if (ca_file != NULL) {
-		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
-			log_crypto(ca_file);
-			SSL_CTX_free(ctx);
-			return NULL;
-		}
-	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-		log_crypto("loading the system trust store");
+	if (tls_store_load(SSL_CTX_get_cert_store(ctx), ca_file) != 0) {
+		log_crypto(ca_file ? ca_file : "loading the system trust store");
 		SSL_CTX_free(ctx);
 		return NULL;
 	}

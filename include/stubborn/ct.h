@@ -36,6 +36,7 @@ struct ct_log {
 	uint8_t			 id[CT_LOG_ID_LEN];
 	char			*description;
 	EVP_PKEY		*key;
+	EVP_PKEY_CTX		*vctx;		/* ready to verify, made once */
 	int			 op;		/* current operator */
 	struct ct_prev_operator	*prev;
 	size_t			 nprev;
@@ -148,11 +149,21 @@ struct ct_verdict {
 
 /*
  * The whole CT step: check scts (borrowed; any source) for leaf and
- * issuer at now_ms, then apply policy.  Fills *v.
+ * issuer at now_ms, then apply policy.  Fills *v.  SCT checks are cached
+ * per (leaf, issuer, SCTs, list); the policy always runs anew.
  */
 void	ct_evaluate(const struct ct_loglist *list, enum ct_policy policy,
 	    X509 *leaf, X509 *issuer, const STACK_OF(SCT) *scts,
 	    int64_t now_ms, struct ct_verdict *v);
+
+struct ct_cache_stats {
+	unsigned long	hits;
+	unsigned long	misses;
+};
+
+/* Forget every cached check (after the list a slot names is freed). */
+void	ct_cache_clear(void);
+const struct ct_cache_stats *ct_cache_stats(void);
 
 /* The embedded SCTs of cert, or NULL; free with SCT_LIST_free. */
 STACK_OF(SCT) *ct_embedded_scts(X509 *cert);

@@ -40,6 +40,14 @@ struct tls_gate {
 void	tls_init(void);
 
 /*
+ * Load ca_file into store, or the system trust store when NULL: its CA
+ * bundle file read once into memory, then its hashed directory.  (OpenSSL
+ * 3.0's default paths also search the directory by reading it whole on
+ * every lookup, which costs more than the rest of the gate.)  0 or -1.
+ */
+int	tls_store_load(X509_STORE *store, const char *ca_file);
+
+/*
  * A client SSL_CTX trusting ca_file alone, or the system store when NULL.
  * Returns NULL (logged) when the store cannot be loaded.
  */

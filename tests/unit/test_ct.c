@@ -356,6 +356,32 @@ read_chain(const char *name)
 	return sk;
 }
 
+/* Retire every log a day after the SCTs: they stop counting. */
+static bool
+chrome_at_retired_time(struct ct_loglist *list, X509 *leaf, X509 *issuer,
+    STACK_OF(SCT) *scts)
+{
+	struct ct_verdict v;
+	enum ct_log_state saved[64];
+	int64_t saved_ms[64];
+	size_t i;
+	unsigned long hits = ct_cache_stats()->hits;
+
+	for (i = 0; i < list->nlogs && i < 64; i++) {
+		saved[i] = list->logs[i].state;
+		saved_ms[i] = list->logs[i].state_ms;
+		list->logs[i].state = CT_LOG_RETIRED;
+		list->logs[i].state_ms = REALWORLD_AT - 40 * DAY * 1000;
+	}
+	ct_evaluate(list, CT_POLICY_CHROME, leaf, issuer, scts, REALWORLD_AT,
+	    &v);
+	for (i = 0; i < list->nlogs && i < 64; i++) {
+		list->logs[i].state = saved[i];
+		list->logs[i].state_ms = saved_ms[i];
+	}
+	return ct_cache_stats()->hits == hits + 1 && !v.compliant;
+}
+
 static void
 realworld_scts(void **state)
 {
@@ -385,6 +411,25 @@ realworld_scts(void **state)
 		assert_non_null(v.scts[i].log);
 	}
 	assert_true(v.compliant);
+
+	/* The same certificate again: the SCT checks come from the cache. */
+	ct_cache_clear();
+	ct_evaluate(list, CT_POLICY_CHROME, leaf, issuer, scts, REALWORLD_AT,
+	    &v);
+	assert_int_equal(ct_cache_stats()->misses, 1);
+	ct_evaluate(list, CT_POLICY_CHROME, leaf, issuer, scts, REALWORLD_AT,
+	    &v);
+	assert_int_equal(ct_cache_stats()->hits, 1);
+	assert_true(v.compliant);
+	assert_int_equal(v.nscts, 2);
+	assert_int_equal(v.scts[1].status, CT_SCT_VALID);
+	/* ...but the policy runs anew: years later the logs are retired. */
+	assert_true(chrome_at_retired_time(list, leaf, issuer, scts));
+	/* Another issuer is another key: checked again, and it fails. */
+	ct_evaluate(list, CT_POLICY_CHROME, leaf, leaf, scts, REALWORLD_AT,
+	    &v);
+	assert_int_equal(ct_cache_stats()->misses, 2);
+	assert_false(v.compliant);
 
 	/* Without the issuer a precert SCT cannot be checked... */
 	n = ct_check_scts(list, leaf, NULL, scts, REALWORLD_AT, out, 8);
