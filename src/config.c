@@ -742,8 +742,8 @@ p_up_ct(struct parse_ctx *ctx, const char *v)
 	return parse_ct_mode(ctx, v, &ctx->up->ct);
 }
 
-#define NOTYET_REFRESH	"the list is not refreshed by itself yet; run " \
-	"stubborn update-log-list"
+#define NOTYET_REFRESH	"update-log-list fetches from it, but the resolver " \
+	"does not refresh the list daily yet"
 
 static const struct item items[] = {
 	{ SEC_SERVER, "listen", p_listen, true, NULL },
