@@ -742,8 +742,6 @@ p_up_ct(struct parse_ctx *ctx, const char *v)
 	return parse_ct_mode(ctx, v, &ctx->up->ct);
 }
 
-#define NOTYET_REFRESH	"update-log-list fetches from it, but the resolver " \
-	"does not refresh the list daily yet"
 
 static const struct item items[] = {
 	{ SEC_SERVER, "listen", p_listen, true, NULL },
@@ -761,8 +759,7 @@ static const struct item items[] = {
 	{ SEC_TRUST, "ct", p_ct, false, NULL },
 	{ SEC_TRUST, "ct-policy", p_ct_policy, false, NULL },
 	{ SEC_TRUST, "ct-log-list", p_ct_log_list, false, NULL },
-	{ SEC_TRUST, "ct-log-list-url", p_ct_log_list_url, false,
-	    NOTYET_REFRESH },
+	{ SEC_TRUST, "ct-log-list-url", p_ct_log_list_url, false, NULL },
 	{ SEC_TRUST, "ct-max-list-age", p_ct_max_list_age, false, NULL },
 	{ SEC_TRUST, "quarantine", p_quarantine, false, NULL },
 	{ SEC_TRUST, "on-incident", p_on_incident, false,
@@ -1134,9 +1131,8 @@ config_print(const struct config *cfg, FILE *out)
 	    cfg->cache_size, cfg->cache_max_ttl, cfg->cache_serve_stale);
 	fprintf(out, "\n[trust]\nca-file = %s\nquarantine = %ld\n"
 	    "ct = %s\nct-policy = %s\nct-log-list = %s\n"
-	    "ct-max-list-age = %ld\n"
-	    "; not in effect yet: the daily refresh and the incident hook\n"
-	    ";ct-log-list-url = %s\n;on-incident = %s\n",
+	    "ct-max-list-age = %ld\nct-log-list-url = %s\n"
+	    "; not in effect yet: the incident hook\n;on-incident = %s\n",
 	    cfg->ca_file ? cfg->ca_file : "", cfg->quarantine,
 	    ct_mode_str[cfg->ct], ct_policy_str[cfg->ct_policy],
 	    cfg->ct_log_list ? cfg->ct_log_list : "", cfg->ct_max_list_age,

@@ -6,6 +6,8 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +175,111 @@ load_ct_list(const struct config *cfg)
 	return list;
 }
 
+/*
+ * The daily refresh from ct-log-list-url: a child runs update-log-list
+ * (blocking network I/O stays out of the event loop) and, when it
+ * installed a list, the resolver takes it for new connections.  The list
+ * it replaces lives on until the next refresh, for handshakes under way.
+ */
+#define REFRESH_EVERY_SEC	86400
+#define REFRESH_SOON_SEC	1	/* no list, or a stale one, at start */
+
+struct refresh {
+	const struct config	*cfg;
+	const char		*conf_path;
+	struct resolver		*r;
+	struct ct_loglist	*cur;
+	struct ct_loglist	*prev;
+	struct event		*timer;
+	struct event		*sigchld;
+	pid_t			 child;
+};
+
+static void
+refresh_arm(struct refresh *rf, long sec)
+{
+	struct timeval tv = { sec, 0 };
+
+	evtimer_add(rf->timer, &tv);
+}
+
+static void
+refresh_timo(evutil_socket_t fd, short ev, void *arg)
+{
+	struct refresh *rf = arg;
+	char *args[] = { (char *)"stubborn", (char *)"update-log-list",
+	    (char *)"-c", (char *)rf->conf_path, NULL };
+	extern char **environ;
+	int e;
+
+	(void)fd;
+	(void)ev;
+	refresh_arm(rf, REFRESH_EVERY_SEC);
+	if (rf->child > 0)
+		return;		/* the last one is still at it */
+	e = posix_spawn(&rf->child, "/proc/self/exe", NULL, NULL, args,
+	    environ);
+	if (e != 0) {
+		rf->child = 0;
+		log_warnx("CT log list refresh: cannot start: %s",
+		    strerror(e));
+	}
+}
+
+static void
+refresh_done(evutil_socket_t sig, short ev, void *arg)
+{
+	struct refresh *rf = arg;
+	struct ct_loglist *list;
+	int st;
+
+	(void)sig;
+	(void)ev;
+	if (rf->child <= 0 || waitpid(rf->child, &st, WNOHANG) != rf->child)
+		return;
+	rf->child = 0;
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		log_warnx("CT log list refresh from %s failed; the current "
+		    "list stays", rf->cfg->ct_log_list_url);
+		return;
+	}
+	if ((list = load_ct_list(rf->cfg)) == NULL)
+		return;
+	resolver_set_ct_list(rf->r, list);
+	ct_loglist_free(rf->prev);
+	rf->prev = rf->cur;
+	rf->cur = list;
+}
+
+static int
+refresh_start(struct refresh *rf, struct event_base *base)
+{
+	const struct ct_loglist *l = rf->cur;
+	bool soon = l == NULL || time(NULL) - l->timestamp_ms / 1000 >
+	    rf->cfg->ct_max_list_age;
+
+	if (rf->cfg->ct_log_list_url == NULL || !ct_wanted(rf->cfg))
+		return 0;
+	rf->timer = evtimer_new(base, refresh_timo, rf);
+	rf->sigchld = evsignal_new(base, SIGCHLD, refresh_done, rf);
+	if (rf->timer == NULL || rf->sigchld == NULL ||
+	    evsignal_add(rf->sigchld, NULL) != 0)
+		return -1;
+	refresh_arm(rf, soon ? REFRESH_SOON_SEC : REFRESH_EVERY_SEC);
+	return 0;
+}
+
+static void
+refresh_stop(struct refresh *rf)
+{
+	if (rf->timer != NULL)
+		event_free(rf->timer);
+	if (rf->sigchld != NULL)
+		event_free(rf->sigchld);
+	ct_loglist_free(rf->prev);
+	ct_loglist_free(rf->cur);
+}
+
 static int
 cmd_run(int argc, char **argv)
 {
@@ -181,7 +288,7 @@ cmd_run(int argc, char **argv)
 	struct event_base *base;
 	struct resolver *r = NULL;
 	struct listener *l = NULL;
-	struct ct_loglist *ct_list = NULL;
+	struct refresh rf = { 0 };
 	struct event *sigs[4] = { NULL };
 	int rc = 1;
 	size_t i;
@@ -195,8 +302,10 @@ cmd_run(int argc, char **argv)
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
 	tls_init();
-	ct_list = load_ct_list(cfg);
-	if ((r = resolver_new(base, cfg, ct_list)) == NULL) {
+	rf.cfg = cfg;
+	rf.conf_path = o.conf;
+	rf.cur = load_ct_list(cfg);
+	if ((r = resolver_new(base, cfg, rf.cur)) == NULL) {
 		rc = EXIT_USAGE;	/* a trust store that does not load */
 		goto done;
 	}
@@ -211,6 +320,9 @@ cmd_run(int argc, char **argv)
 		if (event_reinit(base) != 0)
 			fatalx("event_reinit failed");
 	}
+	rf.r = r;
+	if (refresh_start(&rf, base) != 0)
+		fatalx("cannot set up the CT log list refresh");
 	sigs[0] = evsignal_new(base, SIGTERM, stop_cb, base);
 	sigs[1] = evsignal_new(base, SIGINT, stop_cb, base);
 	sigs[2] = evsignal_new(base, SIGHUP, hup_cb, NULL);
@@ -232,8 +344,8 @@ done:
 	/* Let the deferred frees of closed connections run. */
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	event_base_loop(base, EVLOOP_NONBLOCK);
+	refresh_stop(&rf);
 	event_base_free(base);
-	ct_loglist_free(ct_list);
 	config_free(cfg);
 	return rc;
 }

@@ -163,6 +163,12 @@ resolver_new(struct event_base *base, const struct config *cfg,
 }
 
 void
+resolver_set_ct_list(struct resolver *r, const struct ct_loglist *list)
+{
+	upstream_pool_set_ct_list(r->pool, list);
+}
+
+void
 resolver_free(struct resolver *r)
 {
 	struct query *q;

@@ -80,6 +80,14 @@ upstream_pool_new(struct event_base *base, const struct config *cfg,
 }
 
 void
+upstream_pool_set_ct_list(struct upstream_pool *pool,
+    const struct ct_loglist *list)
+{
+	pool->ct_list = list;
+	pool->ct_warned = 0;
+}
+
+void
 upstream_pool_free(struct upstream_pool *pool)
 {
 	size_t i;

@@ -23,6 +23,10 @@ struct resolver;
 struct resolver *resolver_new(struct event_base *base,
 	    const struct config *cfg, const struct ct_loglist *ct_list);
 
+/* The upstream pool's CT log list from now on (see upstream.h). */
+void	resolver_set_ct_list(struct resolver *r,
+	    const struct ct_loglist *list);
+
 /* Answer SERVFAIL to every query still waiting, then free r. */
 void	resolver_free(struct resolver *r);
 

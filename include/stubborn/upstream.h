@@ -63,6 +63,13 @@ struct upstream_cbs {
 struct upstream_pool *upstream_pool_new(struct event_base *base,
 	    const struct config *cfg, const struct ct_loglist *ct_list,
 	    const struct upstream_cbs *cbs);
+/*
+ * Use list (borrowed; NULL: none) for connections opened from now on.
+ * The previous list must outlive handshakes under way (seconds).
+ */
+void	upstream_pool_set_ct_list(struct upstream_pool *pool,
+	    const struct ct_loglist *list);
+
 /* Close every connection and free the pool; NULL is a no-op. */
 void	upstream_pool_free(struct upstream_pool *pool);
 
