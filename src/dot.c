@@ -233,46 +233,18 @@ static int
 dot_connect(struct dot_conn *dc)
 {
 	const struct upstream_conf *uc = dc->c.up->conf;
-	const struct addr *a = &uc->addrs[dc->addr_idx];
-	int one = 1, fd;
-	SSL *ssl;
 
-	config_addr_str(a, dc->addrstr, sizeof(dc->addrstr));
+	config_addr_str(&uc->addrs[dc->addr_idx], dc->addrstr,
+	    sizeof(dc->addrstr));
 	tls_gate_clear(&dc->gate);
 	upstream_gate_init(dc->c.up, &dc->gate);
-	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
-	    SOCK_CLOEXEC, 0);
-	if (fd == -1) {
-		snprintf(dc->why, sizeof(dc->why), "socket: %s",
-		    strerror(errno));
+	dc->bev = tls_connect(dc->base, dc->c.up->ssl_ctx, uc,
+	    &uc->addrs[dc->addr_idx], &dc->gate, NULL, 0, dc->why,
+	    sizeof(dc->why));
+	if (dc->bev == NULL)
 		return -1;
-	}
-	/* A query is one small write; Nagle would hold it for an ACK. */
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if ((ssl = tls_ssl_new(dc->c.up->ssl_ctx, uc, &dc->gate)) == NULL) {
-		close(fd);
-		snprintf(dc->why, sizeof(dc->why), "TLS setup failed");
-		return -1;
-	}
-	dc->bev = bufferevent_openssl_socket_new(dc->base, fd, ssl,
-	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-	if (dc->bev == NULL) {
-		SSL_free(ssl);
-		close(fd);
-		snprintf(dc->why, sizeof(dc->why), "out of memory");
-		return -1;
-	}
-	bufferevent_openssl_set_allow_dirty_shutdown(dc->bev, 1);
 	bufferevent_setcb(dc->bev, dot_read_cb, NULL, dot_event_cb, dc);
 	bufferevent_enable(dc->bev, EV_READ | EV_WRITE);
-	if (bufferevent_socket_connect(dc->bev, (const struct sockaddr *)&a->ss,
-	    (int)a->len) != 0) {
-		snprintf(dc->why, sizeof(dc->why), "connect: %s",
-		    strerror(errno));
-		bufferevent_free(dc->bev);
-		dc->bev = NULL;
-		return -1;
-	}
 	timer_set(dc, CONNECT_TIMEOUT_MS);
 	return 0;
 }
@@ -310,35 +282,6 @@ attempt_failed(struct dot_conn *dc)
 		log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr,
 		    dc->why);
 	}
-}
-
-static void
-describe_error(struct dot_conn *dc, short events)
-{
-	unsigned long e = bufferevent_get_openssl_error(dc->bev);
-	evutil_socket_t fd = bufferevent_getfd(dc->bev);
-	socklen_t len = sizeof(int);
-	int serr = 0;
-
-	/* The socket's own error (a refused connect) says the most. */
-	if (fd != -1)
-		getsockopt(fd, SOL_SOCKET, SO_ERROR, &serr, &len);
-	if (serr == 0)
-		serr = EVUTIL_SOCKET_ERROR();
-	if (events & BEV_EVENT_TIMEOUT)
-		snprintf(dc->why, sizeof(dc->why), "timed out");
-	else if (e != 0 && ERR_GET_LIB(e) != 0 &&
-	    ERR_GET_LIB(e) != ERR_LIB_SYS) {
-		char buf[120];
-
-		ERR_error_string_n(e, buf, sizeof(buf));
-		snprintf(dc->why, sizeof(dc->why), "TLS: %s", buf);
-	} else if (serr != 0)
-		snprintf(dc->why, sizeof(dc->why), "%s", strerror(serr));
-	else if (events & BEV_EVENT_EOF)
-		snprintf(dc->why, sizeof(dc->why), "connection closed by peer");
-	else
-		snprintf(dc->why, sizeof(dc->why), "connection failed");
 }
 
 static void
@@ -380,7 +323,7 @@ dot_event_cb(struct bufferevent *bev, short events, void *arg)
 		arm_idle(dc);
 		return;
 	}
-	describe_error(dc, events);
+	tls_describe_error(dc->bev, events, dc->why, sizeof(dc->why));
 	if (dc->c.state == CONN_CONNECTING) {
 		attempt_failed(dc);
 		return;

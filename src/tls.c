@@ -10,6 +10,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -143,6 +148,79 @@ tls_store_load(X509_STORE *store, const char *ca_file)
 		any = true;
 	ERR_clear_error();	/* one of the two may well be missing */
 	return any ? 0 : -1;
+}
+
+struct bufferevent *
+tls_connect(struct event_base *base, SSL_CTX *ctx,
+    const struct upstream_conf *uc, const struct addr *a,
+    struct tls_gate *gate, const unsigned char *alpn, unsigned alpn_len,
+    char *why, size_t whysz)
+{
+	struct bufferevent *bev;
+	int one = 1, fd;
+	SSL *ssl;
+
+	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0);
+	if (fd == -1) {
+		snprintf(why, whysz, "socket: %s", strerror(errno));
+		return NULL;
+	}
+	/* A query is one small write; Nagle would hold it for an ACK. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if ((ssl = tls_ssl_new(ctx, uc, gate)) == NULL ||
+	    (alpn != NULL && SSL_set_alpn_protos(ssl, alpn, alpn_len) != 0)) {
+		SSL_free(ssl);
+		close(fd);
+		snprintf(why, whysz, "TLS setup failed");
+		return NULL;
+	}
+	bev = bufferevent_openssl_socket_new(base, fd, ssl,
+	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		close(fd);
+		snprintf(why, whysz, "out of memory");
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	if (bufferevent_socket_connect(bev, (const struct sockaddr *)&a->ss,
+	    (int)a->len) != 0) {
+		snprintf(why, whysz, "connect: %s", strerror(errno));
+		bufferevent_free(bev);
+		return NULL;
+	}
+	return bev;
+}
+
+void
+tls_describe_error(struct bufferevent *bev, short events, char *why,
+    size_t whysz)
+{
+	unsigned long e = bufferevent_get_openssl_error(bev);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	socklen_t len = sizeof(int);
+	int serr = 0;
+
+	/* The socket's own error (a refused connect) says the most. */
+	if (fd != -1)
+		getsockopt(fd, SOL_SOCKET, SO_ERROR, &serr, &len);
+	if (serr == 0)
+		serr = EVUTIL_SOCKET_ERROR();
+	if (events & BEV_EVENT_TIMEOUT)
+		snprintf(why, whysz, "timed out");
+	else if (e != 0 && ERR_GET_LIB(e) != 0 &&
+	    ERR_GET_LIB(e) != ERR_LIB_SYS) {
+		char buf[120];
+
+		ERR_error_string_n(e, buf, sizeof(buf));
+		snprintf(why, whysz, "TLS: %s", buf);
+	} else if (serr != 0)
+		snprintf(why, whysz, "%s", strerror(serr));
+	else if (events & BEV_EVENT_EOF)
+		snprintf(why, whysz, "connection closed by peer");
+	else
+		snprintf(why, whysz, "connection failed");
 }
 
 SSL_CTX *

@@ -36,6 +36,10 @@ struct tls_gate {
 	struct ct_verdict	 ct;
 };
 
+struct bufferevent;
+struct event_base;
+struct addr;
+
 /* Once at start-up; fatal on failure. */
 void	tls_init(void);
 
@@ -59,6 +63,21 @@ SSL_CTX	*tls_ctx_new(const char *ca_file);
  */
 SSL	*tls_ssl_new(SSL_CTX *ctx, const struct upstream_conf *uc,
 	    struct tls_gate *gate);
+
+/*
+ * Start a TLS connection to a for uc, as a bufferevent in the connecting
+ * state (TCP_NODELAY set, SNI and the gate attached, ALPN offered when
+ * alpn is set: a wire-format protocol list).  Returns NULL with why
+ * (whysz bytes) filled on a local failure.
+ */
+struct bufferevent *tls_connect(struct event_base *base, SSL_CTX *ctx,
+	    const struct upstream_conf *uc, const struct addr *a,
+	    struct tls_gate *gate, const unsigned char *alpn,
+	    unsigned alpn_len, char *why, size_t whysz);
+
+/* Put in why (whysz bytes) what ended bev, given its events. */
+void	tls_describe_error(struct bufferevent *bev, short events, char *why,
+	    size_t whysz);
 
 /*
  * Called once the handshake has finished: the CT step must have run when
