@@ -189,26 +189,6 @@ teardown(struct dot_conn *dc, struct txq_list *orphans)
 		fatalx("%s: event_base_once failed", __func__);
 }
 
-static char *
-incident_json(struct dot_conn *dc)
-{
-	struct trust_incident inc = {
-		.upstream = dc->c.up->conf->name,
-		.host = dc->c.up->conf->host,
-		.address = dc->addrstr,
-		.verdict = dc->gate.verdict,
-		.detail = dc->gate.detail,
-		.leaf = dc->gate.leaf,
-		.presented = dc->gate.presented,
-		.quarantine_sec = dc->c.up->quarantine_sec,
-		.ct = dc->gate.ct_checked ? &dc->gate.ct : NULL,
-		.ct_list = dc->gate.ct_list,
-		.report_only = dc->gate.report_only,
-	};
-
-	return trust_incident_json(&inc);
-}
-
 /* The end: tell the pool, then every query that was attached. */
 static void
 dot_fail(struct dot_conn *dc, enum conn_outcome outcome)
@@ -218,7 +198,7 @@ dot_fail(struct dot_conn *dc, enum conn_outcome outcome)
 	struct txq *q;
 
 	if (outcome == CONN_INCIDENT)
-		json = incident_json(dc);
+		json = upstream_incident_json(dc->c.up, dc->addrstr, &dc->gate);
 	teardown(dc, &orphans);
 	upstream_conn_event(&dc->c, outcome, json ? json :
 	    "{\"event\":\"trust-incident\",\"detail\":\"out of memory\"}");
@@ -292,26 +272,22 @@ dot_event_cb(struct bufferevent *bev, short events, void *arg)
 
 	(void)bev;
 	if (events & BEV_EVENT_CONNECTED) {
-		/* The verify hook always runs for a certificate; be sure. */
-		if (!dc->gate.checked) {
+		enum conn_outcome o = upstream_gate_outcome(&dc->gate);
+
+		ERR_clear_error();
+		if (o == CONN_FAILED)
 			snprintf(dc->why, sizeof(dc->why),
 			    "handshake finished without the trust gate");
-			dot_fail(dc, CONN_FAILED);
+		if (o == CONN_FAILED || o == CONN_INCIDENT) {
+			dot_fail(dc, o);
 			return;
 		}
-		if (!tls_gate_complete(&dc->gate) ||
-		    (dc->gate.verdict != TRUST_OK && !dc->gate.report_only)) {
-			ERR_clear_error();
-			dot_fail(dc, CONN_INCIDENT);
-			return;
-		}
-		ERR_clear_error();
-		if (dc->gate.report_only) {
-			char *json = incident_json(dc);
+		if (o == CONN_REPORT_ONLY) {
+			char *json = upstream_incident_json(dc->c.up,
+			    dc->addrstr, &dc->gate);
 
 			if (json != NULL)
-				upstream_conn_event(&dc->c, CONN_REPORT_ONLY,
-				    json);
+				upstream_conn_event(&dc->c, o, json);
 			free(json);
 		}
 		dc->c.state = CONN_READY;

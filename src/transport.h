@@ -86,6 +86,22 @@ extern const struct transport_ops dot_ops;
  */
 void	upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 	    const char *json);
+
+struct tls_gate;
+
+/*
+ * Once a handshake has finished: CONN_READY_OK, CONN_REPORT_ONLY (usable,
+ * but the incident must be logged), CONN_INCIDENT or CONN_FAILED (the
+ * gate never ran).
+ */
+enum conn_outcome upstream_gate_outcome(struct tls_gate *gate);
+
+/*
+ * The incident record of a gate that refused (or only reported) the
+ * certificate of up at addrstr; free() it.  NULL when out of memory.
+ */
+char	*upstream_incident_json(const struct upstream *up,
+	    const char *addrstr, const struct tls_gate *gate);
 void	upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg,
 	    size_t len);
 void	upstream_txq_failed(struct conn *c, struct txq *q,

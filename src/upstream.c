@@ -260,6 +260,39 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 	}
 }
 
+enum conn_outcome
+upstream_gate_outcome(struct tls_gate *gate)
+{
+	/* The verify hook always runs for a certificate; be sure. */
+	if (!gate->checked)
+		return CONN_FAILED;
+	if (!tls_gate_complete(gate) ||
+	    (gate->verdict != TRUST_OK && !gate->report_only))
+		return CONN_INCIDENT;
+	return gate->report_only ? CONN_REPORT_ONLY : CONN_READY_OK;
+}
+
+char *
+upstream_incident_json(const struct upstream *up, const char *addrstr,
+    const struct tls_gate *gate)
+{
+	struct trust_incident inc = {
+		.upstream = up->conf->name,
+		.host = up->conf->host,
+		.address = addrstr,
+		.verdict = gate->verdict,
+		.detail = gate->detail,
+		.leaf = gate->leaf,
+		.presented = gate->presented,
+		.quarantine_sec = up->quarantine_sec,
+		.ct = gate->ct_checked ? &gate->ct : NULL,
+		.ct_list = gate->ct_list,
+		.report_only = gate->report_only,
+	};
+
+	return trust_incident_json(&inc);
+}
+
 void
 upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 {
