@@ -992,12 +992,6 @@ validate(struct parse_ctx *ctx)
 			conf_error(ctx, "upstream '%s' has no url", uc->name);
 			continue;
 		}
-		if (uc->proto == PROTO_DOH) {
-			ctx->line = uc->line;
-			conf_error(ctx, "upstream '%s': https:// (DoH) "
-			    "upstreams are not available in this version; "
-			    "use tls://", uc->name);
-		}
 		if (uc->naddrs == 0) {
 			ctx->line = uc->line;
 			conf_error(ctx, "upstream '%s' has no address (the "

@@ -45,21 +45,6 @@ struct dot_conn {
 	char			 why[128];	/* a failure before the event */
 };
 
-const char *const conn_state_str[] = {
-	[CONN_CONNECTING] = "connecting",
-	[CONN_READY] = "ready",
-	[CONN_CLOSED] = "closed",
-};
-
-const char *const conn_outcome_str[] = {
-	[CONN_READY_OK] = "ready",
-	[CONN_FAILED] = "failed",
-	[CONN_INCIDENT] = "trust incident",
-	[CONN_REPORT_ONLY] = "trust incident, report only",
-	[CONN_CLOSED_IDLE] = "closed",
-	[CONN_CLOSED_BUSY] = "closed with queries in flight",
-};
-
 static void	dot_read_cb(struct bufferevent *, void *);
 static void	dot_event_cb(struct bufferevent *, short, void *);
 static void	dot_timo(evutil_socket_t, short, void *);

@@ -31,6 +31,7 @@ enum conn_outcome {
 	CONN_REPORT_ONLY,	/* the gate would refuse it; ct = report */
 	CONN_CLOSED_IDLE,	/* closed with nothing in flight */
 	CONN_CLOSED_BUSY,	/* peer closed with queries in flight */
+	CONN_DRAINING,		/* takes no new queries (HTTP/2 GOAWAY) */
 };
 extern const char *const conn_outcome_str[];
 
@@ -40,7 +41,8 @@ extern const char *const conn_outcome_str[];
  */
 struct txq {
 	TAILQ_ENTRY(txq) entry;		/* conn's waiting or in-flight list */
-	struct txq	*hnext;		/* conn's in-flight hash chain */
+	struct txq	*hnext;		/* DoT: conn's in-flight hash chain */
+	void		*tdata;		/* DoH: the stream it rides on */
 	struct conn	*conn;		/* NULL while not attached */
 	uint8_t		*msg;		/* borrowed; bytes 0-1 rewritten */
 	size_t		 len;
@@ -75,6 +77,7 @@ struct transport_ops {
 };
 
 extern const struct transport_ops dot_ops;
+extern const struct transport_ops doh_ops;
 
 /*
  * Back into the pool (upstream.c).  upstream_conn_event reports a

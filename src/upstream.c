@@ -18,6 +18,22 @@ const char *const upstream_state_str[] = {
 	[UPSTREAM_QUARANTINED] = "quarantined",
 };
 
+const char *const conn_state_str[] = {
+	[CONN_CONNECTING] = "connecting",
+	[CONN_READY] = "ready",
+	[CONN_CLOSED] = "closed",
+};
+
+const char *const conn_outcome_str[] = {
+	[CONN_READY_OK] = "ready",
+	[CONN_FAILED] = "failed",
+	[CONN_INCIDENT] = "trust incident",
+	[CONN_REPORT_ONLY] = "trust incident, report only",
+	[CONN_CLOSED_IDLE] = "closed",
+	[CONN_CLOSED_BUSY] = "closed with queries in flight",
+	[CONN_DRAINING] = "draining",
+};
+
 struct upstream_pool {
 	struct event_base	*base;
 	const struct config	*cfg;
@@ -61,7 +77,7 @@ upstream_pool_new(struct event_base *base, const struct config *cfg,
 		up->pool = pool;
 		up->conf = &cfg->upstreams[i];
 		up->index = (unsigned)i;
-		up->ops = &dot_ops;
+		up->ops = up->conf->proto == PROTO_DOH ? &doh_ops : &dot_ops;
 		up->state = UPSTREAM_UP;
 		up->quarantine_sec = cfg->quarantine;
 		up->ssl_ctx = tls_ctx_new(up->conf->ca_file ? up->conf->ca_file :
@@ -256,6 +272,7 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		break;
 	case CONN_CLOSED_IDLE:
 	case CONN_CLOSED_BUSY:
+	case CONN_DRAINING:
 		break;
 	}
 }

@@ -1,0 +1,709 @@
+/*
+ * DNS over HTTPS (RFC 8484) over HTTP/2 with nghttp2: one connection per
+ * upstream, one stream per query (POST application/dns-message, message
+ * ID 0), as many streams at once as the server allows; nghttp2 holds back
+ * the rest until a stream closes.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+
+#include "stubborn/dnsmsg.h"
+#include "stubborn/log.h"
+#include "stubborn/tls.h"
+#include "stubborn/upstream.h"
+#include "transport.h"
+
+#define CONNECT_TIMEOUT_MS	5000
+#define PING_IDLE_MS		10000	/* an idle connection is pinged... */
+#define IDLE_PINGS_MAX		3	/* ...and closed after this many */
+#define BODY_MAX		DNSMSG_MAX_LEN
+#define DNS_MESSAGE		"application/dns-message"
+
+static const unsigned char alpn_h2[] = { 2, 'h', '2' };
+
+/* One query's stream; freed when nghttp2 closes the stream. */
+struct doh_stream {
+	TAILQ_ENTRY(doh_stream)	 entry;
+	struct txq		*q;	/* NULL once cancelled */
+	int32_t			 id;
+	uint8_t			*req;	/* the query, ID 0 */
+	size_t			 req_len;
+	size_t			 req_off;
+	int			 status;
+	bool			 ctype_ok;
+	bool			 too_big;
+	uint8_t			*body;
+	size_t			 len;
+	size_t			 cap;
+};
+TAILQ_HEAD(doh_stream_list, doh_stream);
+
+struct doh_conn {
+	struct conn		 c;	/* first: the pool sees a struct conn */
+	struct event_base	*base;
+	struct bufferevent	*bev;
+	struct tls_gate		 gate;
+	nghttp2_session		*h2;
+	struct txq_list		 waiting;	/* until the gate passed */
+	struct doh_stream_list	 streams;
+	size_t			 nstreams;
+	struct event		*timer;	/* connect timeout, then pings */
+	unsigned		 addr_idx;
+	unsigned		 addrs_left;
+	unsigned		 idle_pings;
+	bool			 ping_out;
+	bool			 in_recv;	/* inside nghttp2_session_mem_recv */
+	bool			 draining;	/* GOAWAY: no new streams */
+	bool			 broken;	/* fail once the callback returns */
+	char			 authority[280];
+	char			 addrstr[64];
+	char			 why[128];
+};
+
+static void	doh_read_cb(struct bufferevent *, void *);
+static void	doh_event_cb(struct bufferevent *, short, void *);
+static void	doh_timo(evutil_socket_t, short, void *);
+
+static void
+timer_set(struct doh_conn *dc, long ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	evtimer_add(dc->timer, &tv);
+}
+
+static void
+stream_free(struct doh_stream *st)
+{
+	free(st->req);
+	free(st->body);
+	free(st);
+}
+
+static void
+doh_free_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct doh_conn *dc = arg;
+
+	(void)fd;
+	(void)ev;
+	tls_gate_clear(&dc->gate);
+	event_free(dc->timer);
+	free(dc);
+}
+
+/* Stop all I/O; attached queries go to orphans; free after unwinding. */
+static void
+teardown(struct doh_conn *dc, struct txq_list *orphans)
+{
+	static const struct timeval now = { 0, 0 };
+	struct doh_stream *st;
+	struct txq *q;
+
+	dc->c.state = CONN_CLOSED;
+	evtimer_del(dc->timer);
+	if (dc->bev != NULL) {
+		bufferevent_free(dc->bev);
+		dc->bev = NULL;
+	}
+	while ((st = TAILQ_FIRST(&dc->streams)) != NULL) {
+		TAILQ_REMOVE(&dc->streams, st, entry);
+		if ((q = st->q) != NULL) {
+			q->conn = NULL;
+			q->tdata = NULL;
+			TAILQ_INSERT_TAIL(orphans, q, entry);
+		}
+		stream_free(st);
+	}
+	dc->nstreams = 0;
+	while ((q = TAILQ_FIRST(&dc->waiting)) != NULL) {
+		TAILQ_REMOVE(&dc->waiting, q, entry);
+		q->conn = NULL;
+		TAILQ_INSERT_TAIL(orphans, q, entry);
+	}
+	nghttp2_session_del(dc->h2);
+	dc->h2 = NULL;
+	if (event_base_once(dc->base, -1, EV_TIMEOUT, doh_free_cb, dc,
+	    &now) != 0)
+		fatalx("%s: event_base_once failed", __func__);
+}
+
+static void
+doh_fail(struct doh_conn *dc, enum conn_outcome outcome)
+{
+	struct txq_list orphans = TAILQ_HEAD_INITIALIZER(orphans);
+	char *json = NULL;
+	struct txq *q;
+
+	if (dc->c.state == CONN_CLOSED)
+		return;
+	if (outcome == CONN_INCIDENT)
+		json = upstream_incident_json(dc->c.up, dc->addrstr, &dc->gate);
+	teardown(dc, &orphans);
+	upstream_conn_event(&dc->c, outcome, json ? json :
+	    "{\"event\":\"trust-incident\",\"detail\":\"out of memory\"}");
+	free(json);
+	while ((q = TAILQ_FIRST(&orphans)) != NULL) {
+		TAILQ_REMOVE(&orphans, q, entry);
+		upstream_txq_failed(&dc->c, q, outcome);
+	}
+}
+
+/* Hand nghttp2's pending frames to the TLS layer, in one buffer. */
+static void
+flush(struct doh_conn *dc)
+{
+	const uint8_t *data;
+	ssize_t n;
+
+	if (dc->in_recv || dc->h2 == NULL)
+		return;		/* nghttp2 forbids sending from its callbacks */
+	while ((n = nghttp2_session_mem_send(dc->h2, &data)) > 0)
+		bufferevent_write(dc->bev, data, (size_t)n);
+	if (n < 0) {
+		snprintf(dc->why, sizeof(dc->why), "HTTP/2: %s",
+		    nghttp2_strerror((int)n));
+		dc->broken = true;
+	}
+}
+
+/* After I/O: act on a broken session, or a drained one. */
+static void
+settle(struct doh_conn *dc)
+{
+	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
+
+	if (dc->c.state != CONN_READY)
+		return;
+	if (dc->broken || (!nghttp2_session_want_read(dc->h2) &&
+	    !nghttp2_session_want_write(dc->h2))) {
+		log_debug("upstream %s: %s: %s", dc->c.up->conf->name,
+		    dc->addrstr, dc->broken ? dc->why : "session ended");
+		doh_fail(dc, dc->nstreams ? CONN_CLOSED_BUSY :
+		    CONN_CLOSED_IDLE);
+		return;
+	}
+	if (dc->draining && dc->nstreams == 0) {
+		teardown(dc, &none);
+		upstream_conn_event(&dc->c, CONN_CLOSED_IDLE, NULL);
+		return;
+	}
+	if (dc->nstreams == 0 && !evtimer_pending(dc->timer, NULL))
+		timer_set(dc, PING_IDLE_MS);
+}
+
+static ssize_t
+body_read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len,
+    uint32_t *flags, nghttp2_data_source *src, void *arg)
+{
+	struct doh_stream *st = src->ptr;
+	size_t n = st->req_len - st->req_off;
+
+	(void)h2;
+	(void)id;
+	(void)arg;
+	if (n > len)
+		n = len;
+	memcpy(buf, st->req + st->req_off, n);
+	st->req_off += n;
+	if (st->req_off == st->req_len)
+		*flags |= NGHTTP2_DATA_FLAG_EOF;
+	return (ssize_t)n;
+}
+
+static int
+on_header_cb(nghttp2_session *h2, const nghttp2_frame *frame,
+    const uint8_t *name, size_t namelen, const uint8_t *value,
+    size_t valuelen, uint8_t flags, void *arg)
+{
+	struct doh_stream *st;
+
+	(void)flags;
+	(void)arg;
+	if (frame->hd.type != NGHTTP2_HEADERS ||
+	    (st = nghttp2_session_get_stream_user_data(h2,
+	    frame->hd.stream_id)) == NULL)
+		return 0;
+	if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+		st->status = 0;
+		for (size_t i = 0; i < valuelen && i < 3; i++)
+			st->status = st->status * 10 + (value[i] - '0');
+	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
+		/* The type, parameters (if any) aside, case-insensitive. */
+		size_t l = strlen(DNS_MESSAGE);
+
+		st->ctype_ok = valuelen >= l &&
+		    strncasecmp((const char *)value, DNS_MESSAGE, l) == 0 &&
+		    (valuelen == l || value[l] == ';' || value[l] == ' ');
+	}
+	return 0;
+}
+
+static int
+on_data_cb(nghttp2_session *h2, uint8_t flags, int32_t id,
+    const uint8_t *data, size_t len, void *arg)
+{
+	struct doh_stream *st = nghttp2_session_get_stream_user_data(h2, id);
+
+	(void)flags;
+	(void)arg;
+	if (st == NULL || st->too_big)
+		return 0;
+	if (st->len + len > BODY_MAX) {
+		/* No DNS message is that long: stop the stream, not the rest. */
+		st->too_big = true;
+		nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, id,
+		    NGHTTP2_CANCEL);
+		return 0;
+	}
+	if (st->len + len > st->cap) {
+		size_t cap = st->cap ? st->cap : 512;
+		uint8_t *b;
+
+		while (cap < st->len + len)
+			cap *= 2;
+		if (cap > BODY_MAX)
+			cap = BODY_MAX;
+		if ((b = realloc(st->body, cap)) == NULL)
+			return NGHTTP2_ERR_CALLBACK_FAILURE;
+		st->body = b;
+		st->cap = cap;
+	}
+	memcpy(st->body + st->len, data, len);
+	st->len += len;
+	return 0;
+}
+
+static int
+on_stream_close_cb(nghttp2_session *h2, int32_t id, uint32_t error,
+    void *arg)
+{
+	struct doh_conn *dc = arg;
+	struct doh_stream *st = nghttp2_session_get_stream_user_data(h2, id);
+	struct txq *q;
+	const char *bad = NULL;
+
+	if (st == NULL)
+		return 0;
+	TAILQ_REMOVE(&dc->streams, st, entry);
+	dc->nstreams--;
+	if ((q = st->q) == NULL) {
+		stream_free(st);
+		return 0;
+	}
+	q->conn = NULL;
+	q->tdata = NULL;
+	if (error != NGHTTP2_NO_ERROR)
+		bad = nghttp2_http2_strerror(error);
+	else if (st->status != 200)
+		bad = "HTTP status other than 200";
+	else if (!st->ctype_ok)
+		bad = "content-type is not " DNS_MESSAGE;
+	else if (st->too_big)
+		bad = "body longer than a DNS message";
+	else if (st->len < DNSMSG_HDR_LEN ||
+	    !dnsmsg_reply_matches(st->body, st->len, q->msg, q->qend))
+		bad = "body is not the answer to the query";
+	if (bad == NULL)
+		upstream_txq_reply(&dc->c, q, st->body, st->len);
+	else {
+		log_debug("upstream %s: stream %d: %s (status %d)",
+		    dc->c.up->conf->name, id, bad, st->status);
+		/* Streams refused by a GOAWAY were never seen: ask again. */
+		upstream_txq_failed(&dc->c, q, error == NGHTTP2_REFUSED_STREAM ?
+		    CONN_CLOSED_BUSY : CONN_FAILED);
+	}
+	stream_free(st);
+	return 0;
+}
+
+static int
+on_frame_recv_cb(nghttp2_session *h2, const nghttp2_frame *frame, void *arg)
+{
+	struct doh_conn *dc = arg;
+
+	(void)h2;
+	if (frame->hd.type == NGHTTP2_PING &&
+	    (frame->hd.flags & NGHTTP2_FLAG_ACK))
+		dc->ping_out = false;
+	else if (frame->hd.type == NGHTTP2_GOAWAY && !dc->draining) {
+		/* Finish what the server took; new queries get a new one. */
+		dc->draining = true;
+		log_debug("upstream %s: GOAWAY, last stream %d",
+		    dc->c.up->conf->name, frame->goaway.last_stream_id);
+		upstream_conn_event(&dc->c, CONN_DRAINING, NULL);
+	}
+	return 0;
+}
+
+static nghttp2_session_callbacks *
+callbacks(void)
+{
+	static nghttp2_session_callbacks *cbs;
+
+	if (cbs == NULL) {
+		if (nghttp2_session_callbacks_new(&cbs) != 0)
+			fatalx("%s: out of memory", __func__);
+		nghttp2_session_callbacks_set_on_header_callback(cbs,
+		    on_header_cb);
+		nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs,
+		    on_data_cb);
+		nghttp2_session_callbacks_set_on_stream_close_callback(cbs,
+		    on_stream_close_cb);
+		nghttp2_session_callbacks_set_on_frame_recv_callback(cbs,
+		    on_frame_recv_cb);
+	}
+	return cbs;
+}
+
+/* Open a stream for q.  Fails q back to the pool when it cannot. */
+static void
+submit(struct doh_conn *dc, struct txq *q)
+{
+	const struct upstream_conf *uc = dc->c.up->conf;
+	struct doh_stream *st = calloc(1, sizeof(*st));
+	char clen[8] = "";
+	nghttp2_data_provider body;
+#define NV(n, v)	{ (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
+			  strlen(v), NGHTTP2_NV_FLAG_NONE }
+	nghttp2_nv hdrs[] = {
+		NV(":method", "POST"),
+		NV(":scheme", "https"),
+		NV(":authority", dc->authority),
+		NV(":path", uc->path),
+		NV("content-type", DNS_MESSAGE),
+		NV("accept", DNS_MESSAGE),
+		NV("content-length", clen),
+	};
+#undef NV
+
+	if (st == NULL || (st->req = malloc(q->len)) == NULL) {
+		free(st);
+		upstream_txq_failed(&dc->c, q, CONN_FAILED);
+		return;
+	}
+	snprintf(clen, sizeof(clen), "%zu", q->len);
+	hdrs[6].valuelen = strlen(clen);
+	memcpy(st->req, q->msg, q->len);
+	/* RFC 8484 4.1: ID 0, so identical queries are cacheable. */
+	dnsmsg_set_id(st->req, 0);
+	st->req_len = q->len;
+	body.source.ptr = st;
+	body.read_callback = body_read_cb;
+	st->id = nghttp2_submit_request(dc->h2, NULL, hdrs,
+	    sizeof(hdrs) / sizeof(hdrs[0]), &body, st);
+	if (st->id < 0) {
+		log_debug("upstream %s: %s", uc->name,
+		    nghttp2_strerror(st->id));
+		stream_free(st);
+		upstream_txq_failed(&dc->c, q, CONN_FAILED);
+		return;
+	}
+	st->q = q;
+	q->conn = &dc->c;
+	q->tdata = st;
+	TAILQ_INSERT_TAIL(&dc->streams, st, entry);
+	dc->nstreams++;
+	dc->idle_pings = 0;
+	evtimer_del(dc->timer);
+}
+
+static int
+doh_connect(struct doh_conn *dc)
+{
+	const struct upstream_conf *uc = dc->c.up->conf;
+
+	config_addr_str(&uc->addrs[dc->addr_idx], dc->addrstr,
+	    sizeof(dc->addrstr));
+	tls_gate_clear(&dc->gate);
+	upstream_gate_init(dc->c.up, &dc->gate);
+	dc->bev = tls_connect(dc->base, dc->c.up->ssl_ctx, uc,
+	    &uc->addrs[dc->addr_idx], &dc->gate, alpn_h2, sizeof(alpn_h2),
+	    dc->why, sizeof(dc->why));
+	if (dc->bev == NULL)
+		return -1;
+	bufferevent_setcb(dc->bev, doh_read_cb, NULL, doh_event_cb, dc);
+	bufferevent_enable(dc->bev, EV_READ | EV_WRITE);
+	timer_set(dc, CONNECT_TIMEOUT_MS);
+	return 0;
+}
+
+/* As in dot.c: the gate's refusal ends it, else the next address. */
+static void
+attempt_failed(struct doh_conn *dc)
+{
+	const struct upstream_conf *uc = dc->c.up->conf;
+
+	if (dc->gate.checked && dc->gate.verdict != TRUST_OK &&
+	    !dc->gate.report_only) {
+		ERR_clear_error();
+		doh_fail(dc, CONN_INCIDENT);
+		return;
+	}
+	log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr, dc->why);
+	ERR_clear_error();
+	for (;;) {
+		if (dc->bev != NULL) {
+			bufferevent_free(dc->bev);
+			dc->bev = NULL;
+		}
+		if (--dc->addrs_left == 0) {
+			doh_fail(dc, CONN_FAILED);
+			return;
+		}
+		dc->addr_idx = (dc->addr_idx + 1) % (unsigned)uc->naddrs;
+		dc->c.up->next_addr = dc->addr_idx;
+		if (doh_connect(dc) == 0)
+			return;
+		log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr,
+		    dc->why);
+	}
+}
+
+/* The handshake is done and the gate passed: start HTTP/2. */
+static void
+start_h2(struct doh_conn *dc)
+{
+	const nghttp2_settings_entry settings[] = {
+		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
+		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100 },
+	};
+	const unsigned char *proto = NULL;
+	unsigned len = 0;
+	struct txq *q;
+
+	SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(dc->bev), &proto,
+	    &len);
+	if (len != 2 || memcmp(proto, "h2", 2) != 0) {
+		/* HTTP/1.1 would be a downgrade, not an alternative. */
+		snprintf(dc->why, sizeof(dc->why), "the server did not agree "
+		    "to HTTP/2 (ALPN h2)");
+		log_warnx("upstream %s: %s: %s", dc->c.up->conf->name,
+		    dc->addrstr, dc->why);
+		doh_fail(dc, CONN_FAILED);
+		return;
+	}
+	if (nghttp2_session_client_new(&dc->h2, callbacks(), dc) != 0 ||
+	    nghttp2_submit_settings(dc->h2, NGHTTP2_FLAG_NONE, settings,
+	    sizeof(settings) / sizeof(settings[0])) != 0) {
+		snprintf(dc->why, sizeof(dc->why), "HTTP/2 setup failed");
+		doh_fail(dc, CONN_FAILED);
+		return;
+	}
+	dc->c.state = CONN_READY;
+	evtimer_del(dc->timer);
+	log_debug("upstream %s: %s: connected (h2), gate passed",
+	    dc->c.up->conf->name, dc->addrstr);
+	upstream_conn_event(&dc->c, CONN_READY_OK, NULL);
+	while (dc->c.state == CONN_READY &&
+	    (q = TAILQ_FIRST(&dc->waiting)) != NULL) {
+		TAILQ_REMOVE(&dc->waiting, q, entry);
+		q->conn = NULL;
+		submit(dc, q);
+	}
+	flush(dc);
+	settle(dc);
+}
+
+static void
+doh_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+	struct doh_conn *dc = arg;
+
+	if (events & BEV_EVENT_CONNECTED) {
+		enum conn_outcome o = upstream_gate_outcome(&dc->gate);
+
+		ERR_clear_error();
+		if (o == CONN_FAILED)
+			snprintf(dc->why, sizeof(dc->why),
+			    "handshake finished without the trust gate");
+		if (o == CONN_FAILED || o == CONN_INCIDENT) {
+			doh_fail(dc, o);
+			return;
+		}
+		if (o == CONN_REPORT_ONLY) {
+			char *json = upstream_incident_json(dc->c.up,
+			    dc->addrstr, &dc->gate);
+
+			if (json != NULL)
+				upstream_conn_event(&dc->c, o, json);
+			free(json);
+		}
+		start_h2(dc);
+		return;
+	}
+	tls_describe_error(bev, events, dc->why, sizeof(dc->why));
+	if (dc->c.state == CONN_CONNECTING) {
+		attempt_failed(dc);
+		return;
+	}
+	log_debug("upstream %s: %s: %s", dc->c.up->conf->name, dc->addrstr,
+	    dc->why);
+	ERR_clear_error();
+	doh_fail(dc, dc->nstreams ? CONN_CLOSED_BUSY : CONN_CLOSED_IDLE);
+}
+
+static void
+doh_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct doh_conn *dc = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len;
+
+	dc->in_recv = true;
+	while (dc->c.state == CONN_READY && !dc->broken &&
+	    (len = evbuffer_get_contiguous_space(in)) > 0) {
+		ssize_t n = nghttp2_session_mem_recv(dc->h2,
+		    evbuffer_pullup(in, (ssize_t)len), len);
+
+		if (n < 0) {
+			snprintf(dc->why, sizeof(dc->why), "HTTP/2: %s",
+			    nghttp2_strerror((int)n));
+			dc->broken = true;
+			break;
+		}
+		evbuffer_drain(in, len);
+	}
+	dc->in_recv = false;
+	flush(dc);
+	settle(dc);
+}
+
+static void
+doh_timo(evutil_socket_t fd, short ev, void *arg)
+{
+	struct doh_conn *dc = arg;
+	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
+
+	(void)fd;
+	(void)ev;
+	if (dc->c.state == CONN_CONNECTING) {
+		if (dc->why[0] == '\0')
+			snprintf(dc->why, sizeof(dc->why), "timed out after "
+			    "%d ms", CONNECT_TIMEOUT_MS);
+		attempt_failed(dc);
+		return;
+	}
+	if (dc->nstreams > 0)
+		return;
+	if (dc->ping_out) {
+		snprintf(dc->why, sizeof(dc->why), "no answer to a PING");
+		dc->broken = true;
+		settle(dc);
+		return;
+	}
+	if (++dc->idle_pings > IDLE_PINGS_MAX) {
+		log_debug("upstream %s: closing idle connection",
+		    dc->c.up->conf->name);
+		nghttp2_session_terminate_session(dc->h2, NGHTTP2_NO_ERROR);
+		flush(dc);
+		teardown(dc, &none);
+		upstream_conn_event(&dc->c, CONN_CLOSED_IDLE, NULL);
+		return;
+	}
+	/* Liveness: a dead peer is found before a query has to wait on it. */
+	nghttp2_submit_ping(dc->h2, NGHTTP2_FLAG_NONE, NULL);
+	dc->ping_out = true;
+	flush(dc);
+	timer_set(dc, PING_IDLE_MS);
+}
+
+static struct conn *
+doh_open(struct upstream *up, struct event_base *base)
+{
+	static const struct timeval now = { 0, 0 };
+	struct doh_conn *dc = calloc(1, sizeof(*dc));
+	const struct upstream_conf *uc = up->conf;
+
+	if (dc == NULL) {
+		log_warn("%s", __func__);
+		return NULL;
+	}
+	dc->c.ops = &doh_ops;
+	dc->c.up = up;
+	dc->c.state = CONN_CONNECTING;
+	dc->base = base;
+	TAILQ_INIT(&dc->waiting);
+	TAILQ_INIT(&dc->streams);
+	if (uc->port == CONFIG_DOH_PORT)
+		snprintf(dc->authority, sizeof(dc->authority), "%s", uc->host);
+	else
+		snprintf(dc->authority, sizeof(dc->authority), "%s:%u",
+		    uc->host, uc->port);
+	dc->addrs_left = (unsigned)uc->naddrs;
+	dc->addr_idx = up->next_addr % (unsigned)uc->naddrs;
+	if ((dc->timer = evtimer_new(base, doh_timo, dc)) == NULL) {
+		free(dc);
+		return NULL;
+	}
+	/* A synchronous failure is reported from the timer, as in dot.c. */
+	if (doh_connect(dc) != 0)
+		evtimer_add(dc->timer, &now);
+	return &dc->c;
+}
+
+static void
+doh_send(struct conn *c, struct txq *q)
+{
+	struct doh_conn *dc = (struct doh_conn *)c;
+
+	if (c->state != CONN_READY) {
+		q->conn = c;
+		q->tdata = NULL;
+		TAILQ_INSERT_TAIL(&dc->waiting, q, entry);
+		return;
+	}
+	submit(dc, q);
+	flush(dc);
+	settle(dc);
+}
+
+static void
+doh_cancel(struct conn *c, struct txq *q)
+{
+	struct doh_conn *dc = (struct doh_conn *)c;
+	struct doh_stream *st = q->tdata;
+
+	q->conn = NULL;
+	q->tdata = NULL;
+	if (st == NULL) {
+		TAILQ_REMOVE(&dc->waiting, q, entry);
+		return;
+	}
+	/* The stream lives on until nghttp2 closes it; its answer is lost. */
+	st->q = NULL;
+	nghttp2_submit_rst_stream(dc->h2, NGHTTP2_FLAG_NONE, st->id,
+	    NGHTTP2_CANCEL);
+	flush(dc);
+}
+
+static void
+doh_close(struct conn *c)
+{
+	struct doh_conn *dc = (struct doh_conn *)c;
+	struct txq_list orphans = TAILQ_HEAD_INITIALIZER(orphans);
+	struct txq *q;
+
+	if (c->state == CONN_CLOSED)
+		return;
+	teardown(dc, &orphans);
+	while ((q = TAILQ_FIRST(&orphans)) != NULL)
+		TAILQ_REMOVE(&orphans, q, entry);
+}
+
+const struct transport_ops doh_ops = {
+	.name = "doh",
+	.open = doh_open,
+	.send = doh_send,
+	.cancel = doh_cancel,
+	.close = doh_close,
+};
