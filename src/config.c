@@ -928,11 +928,11 @@ struct builtin_upstream {
  * their keys rotate; pin in a conf file when you can follow the rotation.
  */
 static const struct builtin_upstream builtin_upstreams[] = {
-	{ "cloudflare", "tls://cloudflare-dns.com",
+	{ "cloudflare", "https://cloudflare-dns.com/dns-query",
 	    "1.1.1.1, 1.0.0.1, 2606:4700:4700::1111, 2606:4700:4700::1001" },
 	{ "quad9", "tls://dns.quad9.net",
 	    "9.9.9.9, 149.112.112.112, 2620:fe::fe, 2620:fe::9" },
-	{ "google", "tls://dns.google",
+	{ "google", "https://dns.google/dns-query",
 	    "8.8.8.8, 8.8.4.4, 2001:4860:4860::8888, 2001:4860:4860::8844" },
 };
 
