@@ -1,0 +1,369 @@
+"""The CT log list as stubborn loads and installs it: `update-log-list`
+replaces the conf's ct-log-list only with a list it fetched over verified
+HTTPS and validated, leaving the old file byte for byte on any failure;
+`check-cert --log-list` refuses a malformed list with exit 2, yet a list
+with one bad log entry still loads the others and says what it skipped."""
+
+import base64
+import http.server
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+import ct_fixture as ctf
+import servers
+
+RUN_TIMEOUT = 30
+DAY = ctf.DAY
+
+
+@pytest.fixture(scope="module")
+def universe(tmp_path_factory):
+    u = ctf.Universe()
+    u.write(tmp_path_factory.mktemp("ct"), presets=["ok2", "rsa", "readonly"])
+    return u
+
+
+def _run(cmd, env=None):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              stdin=subprocess.DEVNULL, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{cmd} still running after {RUN_TIMEOUT}s: {e.stdout!r} {e.stderr!r}")
+
+
+# --- an HTTPS server for update-log-list --------------------------------------
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        ctype, body = route
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        self.server.requests.append(fmt % args)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, family, context, routes, requests):
+        self.address_family = family
+        self.context = context
+        self.routes = routes
+        self.requests = requests
+        super().__init__(address, _Handler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.context is not None:
+            # Handshake in the handler thread, not in the accept loop: a
+            # client that hangs up mid-handshake must not stall the server.
+            sock = self.context.wrap_socket(sock, server_side=True,
+                                            do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request, client_address):
+        if self.context is not None:
+            request.settimeout(10)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
+
+
+class ListServer:
+    """HTTPS (or, without a certificate, plain HTTP) on 127.0.0.1 and, when
+    usable, ::1 with one port, so https://localhost:PORT/ works wherever
+    localhost resolves.  Runs in threads of the test process."""
+
+    def __init__(self, routes, cert_pem=None, key_pem=None, ipv6=False):
+        ctx = None
+        if cert_pem is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(cert_pem), str(key_pem))
+        self.requests = []
+        self.servers = []
+        for _ in range(20):
+            v4 = _Server(("127.0.0.1", 0), socket.AF_INET, ctx, routes, self.requests)
+            self.port = v4.server_address[1]
+            if not ipv6:
+                self.servers = [v4]
+                break
+            try:
+                v6 = _Server(("::1", self.port), socket.AF_INET6, ctx, routes, self.requests)
+            except OSError:
+                v4.server_close()
+                continue
+            self.servers = [v4, v6]
+            break
+        if not self.servers:
+            raise RuntimeError("no port free on both 127.0.0.1 and ::1")
+        self.threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1},
+                                         daemon=True) for s in self.servers]
+        for t in self.threads:
+            t.start()
+
+    def url(self, path, scheme="https"):
+        return f"{scheme}://localhost:{self.port}{path}"
+
+    def stop(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def _write_server_cert(ca, name, directory, now):
+    cert, _pre, key, _tls = ctf.issue(ca, name, now - 3600, 30 * DAY)
+    directory.mkdir(parents=True, exist_ok=True)
+    chain = directory / f"{name}.chain.pem"
+    chain.write_bytes(ctf.cert_pem(cert) + ctf.cert_pem(ca.cert))
+    key_file = directory / f"{name}.key"
+    key_file.write_bytes(ctf.key_pem(key))
+    key_file.chmod(0o600)
+    return chain, key_file
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, universe, ipv6):
+    """The list server and everything a stubborn client needs to trust it:
+    an HTTPS server for localhost, one whose certificate names another
+    host, one under an untrusted CA and a plain-HTTP one, all serving the
+    same routes."""
+    d = tmp_path_factory.mktemp("web")
+    ca = ctf.CA(universe.now, cn="list server test")
+    ca.write(d / "ca")
+    rogue_ca = ctf.CA(universe.now, cn="untrusted list server")
+    good = json.dumps(universe.log_list(), indent=1).encode() + b"\n"
+    routes = {
+        "/log_list.json": ("application/json", good),
+        "/not-json": ("text/html", b"<html><body>moved</body></html>\n"),
+        "/malformed.json": ("application/json", b'{"version": "1", "log_list_timestamp": '
+                                                b'"2026-01-01T00:00:00Z"}\n'),
+        "/truncated.json": ("application/json", good[:len(good) // 2]),
+        "/empty.json": ("application/json", b""),
+    }
+    started = {}
+    try:
+        for label, cacert, name in (("ok", ca, "localhost"), ("wrongname", ca, "other.test"),
+                                    ("untrusted", rogue_ca, "localhost")):
+            chain, key = _write_server_cert(cacert, name, d / label, universe.now)
+            started[label] = ListServer(routes, chain, key, ipv6)
+        started["http"] = ListServer(routes, ipv6=ipv6)
+        empty_dir = d / "no-cert-dir"
+        empty_dir.mkdir()
+        env = dict(os.environ)
+        # OpenSSL's default verify paths: only the test CA is trusted.
+        env["SSL_CERT_FILE"] = str(d / "ca" / "root.pem")
+        env["SSL_CERT_DIR"] = str(empty_dir)
+        yield {"servers": started, "env": env, "good": good}
+    finally:
+        for s in started.values():
+            s.stop()
+
+
+def _conf(tmp_path, universe, list_path):
+    conf = tmp_path / "stubborn.conf"
+    conf.write_text("\n".join([
+        "[server]", "listen = 127.0.0.1:5353", "",
+        "[trust]", f"ca-file = {universe.root_pem}", "ct = enforce",
+        f"ct-log-list = {list_path}", "",
+        "[upstream only]", f"url = tls://{ctf.HOSTNAME}:853", "address = 127.0.0.1", ""]))
+    return conf
+
+
+def _update(stubborn_bin, web, url, conf):
+    return _run([stubborn_bin, "update-log-list", url, "-c", str(conf)], env=web["env"])
+
+
+@pytest.mark.parametrize("first_install", [False, True], ids=["replace", "first-install"])
+def test_update_installs_fetched_list(stubborn_bin, universe, web, tmp_path, first_install):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    target = lists / "log_list.json"
+    if not first_install:
+        universe.write_log_list(target, timestamp=universe.now - 100 * DAY)
+    conf = _conf(tmp_path, universe, target)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/log_list.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert target.read_bytes() == web["good"]
+    # Replaced by rename: no temporary file may be left beside it.
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    # And what was installed is a list stubborn can use.
+    leaf = universe.preset("ok2")
+    c = _run([stubborn_bin, "check-cert", "--chain", str(leaf.chain_pem), "--host", ctf.HOSTNAME,
+              "--ca-file", str(universe.root_pem), "--log-list", str(target),
+              "--at", str(universe.check_time)])
+    assert c.returncode == 0, (c.stdout, c.stderr)
+
+
+# (server, path, scheme, what the message must mention): each one must
+# leave the installed list alone, and say why.
+UPDATE_FAILURES = {
+    "404": ("ok", "/nothing-here.json", "https", r"404"),
+    "not-json": ("ok", "/not-json", "https", r"json"),
+    "malformed-list": ("ok", "/malformed.json", "https", r"operators|v3|log list"),
+    "truncated-json": ("ok", "/truncated.json", "https", r"json"),
+    "empty-body": ("ok", "/empty.json", "https", r"json|empty"),
+    "untrusted-ca": ("untrusted", "/log_list.json", "https", r"chain|issuer|verif|certificate"),
+    "wrong-hostname": ("wrongname", "/log_list.json", "https", r"hostname|name"),
+    "plain-http": ("http", "/log_list.json", "http", r"https"),
+    "tls-to-plain-http": ("http", "/log_list.json", "https", r"tls|ssl|handshake"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPDATE_FAILURES))
+def test_update_failure_keeps_old_list(stubborn_bin, universe, web, tmp_path, case):
+    server, path, scheme, why = UPDATE_FAILURES[case]
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    target = lists / "log_list.json"
+    universe.write_log_list(target, timestamp=universe.now - 10 * DAY)
+    before = target.read_bytes()
+    conf = _conf(tmp_path, universe, target)
+    p = _update(stubborn_bin, web, web["servers"][server].url(path, scheme), conf)
+    assert p.returncode != 0, (p.returncode, p.stdout, p.stderr)
+    assert re.search(why, p.stderr, re.I), f"stderr does not say why ({why}):\n{p.stderr}"
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+
+
+def test_update_connection_refused_keeps_old_list(stubborn_bin, universe, web, tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    target = lists / "log_list.json"
+    universe.write_log_list(target)
+    before = target.read_bytes()
+    port = servers.free_port(["127.0.0.1"])
+    p = _update(stubborn_bin, web, f"https://localhost:{port}/log_list.json",
+                _conf(tmp_path, universe, target))
+    assert p.returncode != 0, (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.strip()
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+
+
+# --- loading lists -----------------------------------------------------------
+
+def _check(stubborn_bin, universe, preset, log_list):
+    leaf = universe.preset(preset)
+    p = _run([stubborn_bin, "check-cert", "--chain", str(leaf.chain_pem), "--host", ctf.HOSTNAME,
+              "--ca-file", str(universe.root_pem), "--log-list", str(log_list),
+              "--at", str(universe.check_time), "--policy", "chrome"])
+    return ctf.parse_check_cert(p.returncode, p.stdout, p.stderr)
+
+
+def _malformed(universe):
+    good = json.dumps(universe.log_list())
+    return {
+        "not-json": "this is not JSON\n",
+        "empty-file": "",
+        "truncated": good[:len(good) // 2],
+        "top-level-array": json.dumps([universe.log_list()]),
+        "no-operators": json.dumps({"version": "1", "log_list_timestamp": "2026-01-01T00:00:00Z"}),
+        "operators-not-array": json.dumps({"version": "1",
+                                           "log_list_timestamp": "2026-01-01T00:00:00Z",
+                                           "operators": "Alpha CT"}),
+        "nul-byte": good[:40] + "\0" + good[40:],
+    }
+
+
+MALFORMED = ["not-json", "empty-file", "truncated", "top-level-array", "no-operators",
+             "operators-not-array", "nul-byte"]
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_list_is_bad_input(stubborn_bin, universe, tmp_path, case):
+    path = tmp_path / "list.json"
+    path.write_text(_malformed(universe)[case])
+    r = _check(stubborn_bin, universe, "ok2", path)
+    assert r.status == 2, r
+    assert r.stderr.strip(), f"no message\n{r}"
+    assert "verdict" not in r.checks, r
+
+
+def _entry(ll, description):
+    for op in ll["operators"]:
+        for kind in ("logs", "tiled_logs"):
+            for lg in op[kind]:
+                if lg["description"] == description:
+                    return lg
+    raise KeyError(description)
+
+
+def test_bad_entries_are_skipped_and_named(stubborn_bin, universe, tmp_path):
+    """log_id that is not SHA-256(key), a key that is not base64, a key that
+    is base64 but no SPKI: each entry is dropped with a message naming it,
+    and the rest of the list still works."""
+    bad = {
+        "gamma_rsa": lambda e: e.update(log_id=universe.logs["alpha2"].log_id_b64),
+        "delta_readonly": lambda e: e.update(key="not*base64!"),
+        "gamma_odd": lambda e: e.update(key=base64.b64encode(b"\x30\x03\x02\x01\x01").decode()),
+    }
+
+    def edit(ll):
+        for slug, change in bad.items():
+            change(_entry(ll, universe.logs[slug].description))
+
+    path = universe.write_log_list(tmp_path / "partly-bad.json", edit=edit)
+
+    r = _check(stubborn_bin, universe, "ok2", path)
+    assert r.status == 0, r
+    assert r.checks.get("verdict") == "trusted", r
+    for slug in bad:
+        lg = universe.logs[slug]
+        assert lg.description in r.stderr or lg.log_id_b64 in r.stderr, \
+            f"nothing on stderr names the bad entry {lg.description!r}\n{r}"
+
+    # A dropped entry is as good as absent: its SCTs are from an unknown log.
+    for preset, slug in (("rsa", "gamma_rsa"), ("readonly", "delta_readonly")):
+        r = _check(stubborn_bin, universe, preset, path)
+        statuses = {s.get("log_id"): s.get("status") for s in r.scts}
+        assert statuses.get(universe.logs[slug].log_id_b64) == ctf.UNKNOWN_LOG, r
+        assert r.status == 1, r
+        assert r.checks.get("verdict") == "rejected (ct)", r
+
+
+def test_list_without_tiled_logs_arrays_loads(stubborn_bin, universe, tmp_path):
+    # Lists from before static-ct-api have no tiled_logs at all.
+    def edit(ll):
+        for op in ll["operators"]:
+            del op["tiled_logs"]
+    path = universe.write_log_list(tmp_path / "no-tiled.json", edit=edit)
+    r = _check(stubborn_bin, universe, "ok2", path)
+    assert r.status == 0, r
+    assert r.checks.get("verdict") == "trusted", r
+
+
+def test_unknown_fields_are_ignored(stubborn_bin, universe, tmp_path):
+    # Forward compatibility, as Apple's list shows: extra keys at every level.
+    def edit(ll):
+        ll["$schema"] = "https://example.test/schema.json"
+        ll["assetVersion"] = 7
+        for op in ll["operators"]:
+            op["future_field"] = {"x": [1, 2]}
+            for lg in op["logs"] + op["tiled_logs"]:
+                lg["log_type"] = "test"
+                lg["dns"] = "ct.example.test"
+                for st in lg["state"].values():
+                    st["version"] = "42"
+    path = universe.write_log_list(tmp_path / "extra.json", edit=edit)
+    r = _check(stubborn_bin, universe, "ok2", path)
+    assert r.status == 0, r
+    assert r.checks.get("verdict") == "trusted", r
