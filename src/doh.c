@@ -22,7 +22,6 @@
 #include "stubborn/upstream.h"
 #include "transport.h"
 
-#define CONNECT_TIMEOUT_MS	5000
 #define PING_IDLE_MS		10000	/* an idle connection is pinged... */
 #define IDLE_PINGS_MAX		3	/* ...and closed after this many */
 #define BODY_MAX		DNSMSG_MAX_LEN
@@ -49,37 +48,21 @@ TAILQ_HEAD(doh_stream_list, doh_stream);
 
 struct doh_conn {
 	struct conn		 c;	/* first: the pool sees a struct conn */
-	struct event_base	*base;
-	struct bufferevent	*bev;
-	struct tls_gate		 gate;
 	nghttp2_session		*h2;
 	struct txq_list		 waiting;	/* until the gate passed */
 	struct doh_stream_list	 streams;
 	size_t			 nstreams;
-	struct event		*timer;	/* connect timeout, then pings */
-	unsigned		 addr_idx;
-	unsigned		 addrs_left;
 	unsigned		 idle_pings;
 	bool			 ping_out;
 	bool			 in_recv;	/* inside nghttp2_session_mem_recv */
 	bool			 draining;	/* GOAWAY: no new streams */
 	bool			 broken;	/* fail once the callback returns */
 	char			 authority[280];
-	char			 addrstr[64];
-	char			 why[128];
 };
 
 static void	doh_read_cb(struct bufferevent *, void *);
 static void	doh_event_cb(struct bufferevent *, short, void *);
 static void	doh_timo(evutil_socket_t, short, void *);
-
-static void
-timer_set(struct doh_conn *dc, long ms)
-{
-	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-
-	evtimer_add(dc->timer, &tv);
-}
 
 static void
 stream_free(struct doh_stream *st)
@@ -90,31 +73,18 @@ stream_free(struct doh_stream *st)
 }
 
 static void
-doh_free_cb(evutil_socket_t fd, short ev, void *arg)
+doh_free(struct conn *c)
 {
-	struct doh_conn *dc = arg;
-
-	(void)fd;
-	(void)ev;
-	tls_gate_clear(&dc->gate);
-	event_free(dc->timer);
-	free(dc);
+	free(c);
 }
 
-/* Stop all I/O; attached queries go to orphans; free after unwinding. */
+/* Stop all I/O and hand every attached query to the caller's list. */
 static void
 teardown(struct doh_conn *dc, struct txq_list *orphans)
 {
-	static const struct timeval now = { 0, 0 };
 	struct doh_stream *st;
 	struct txq *q;
 
-	dc->c.state = CONN_CLOSED;
-	evtimer_del(dc->timer);
-	if (dc->bev != NULL) {
-		bufferevent_free(dc->bev);
-		dc->bev = NULL;
-	}
 	while ((st = TAILQ_FIRST(&dc->streams)) != NULL) {
 		TAILQ_REMOVE(&dc->streams, st, entry);
 		if ((q = st->q) != NULL) {
@@ -132,30 +102,18 @@ teardown(struct doh_conn *dc, struct txq_list *orphans)
 	}
 	nghttp2_session_del(dc->h2);
 	dc->h2 = NULL;
-	if (event_base_once(dc->base, -1, EV_TIMEOUT, doh_free_cb, dc,
-	    &now) != 0)
-		fatalx("%s: event_base_once failed", __func__);
+	conn_stop(&dc->c, doh_free);
 }
 
 static void
 doh_fail(struct doh_conn *dc, enum conn_outcome outcome)
 {
 	struct txq_list orphans = TAILQ_HEAD_INITIALIZER(orphans);
-	char *json = NULL;
-	struct txq *q;
 
 	if (dc->c.state == CONN_CLOSED)
 		return;
-	if (outcome == CONN_INCIDENT)
-		json = upstream_incident_json(dc->c.up, dc->addrstr, &dc->gate);
 	teardown(dc, &orphans);
-	upstream_conn_event(&dc->c, outcome, json ? json :
-	    "{\"event\":\"trust-incident\",\"detail\":\"out of memory\"}");
-	free(json);
-	while ((q = TAILQ_FIRST(&orphans)) != NULL) {
-		TAILQ_REMOVE(&orphans, q, entry);
-		upstream_txq_failed(&dc->c, q, outcome);
-	}
+	conn_report(&dc->c, outcome, &orphans);
 }
 
 /* Hand nghttp2's pending frames to the TLS layer, in one buffer. */
@@ -168,9 +126,9 @@ flush(struct doh_conn *dc)
 	if (dc->in_recv || dc->h2 == NULL)
 		return;		/* nghttp2 forbids sending from its callbacks */
 	while ((n = nghttp2_session_mem_send(dc->h2, &data)) > 0)
-		bufferevent_write(dc->bev, data, (size_t)n);
+		bufferevent_write(dc->c.bev, data, (size_t)n);
 	if (n < 0) {
-		snprintf(dc->why, sizeof(dc->why), "HTTP/2: %s",
+		snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2: %s",
 		    nghttp2_strerror((int)n));
 		dc->broken = true;
 	}
@@ -187,7 +145,7 @@ settle(struct doh_conn *dc)
 	if (dc->broken || (!nghttp2_session_want_read(dc->h2) &&
 	    !nghttp2_session_want_write(dc->h2))) {
 		log_debug("upstream %s: %s: %s", dc->c.up->conf->name,
-		    dc->addrstr, dc->broken ? dc->why : "session ended");
+		    dc->c.addrstr, dc->broken ? dc->c.why : "session ended");
 		doh_fail(dc, dc->nstreams ? CONN_CLOSED_BUSY :
 		    CONN_CLOSED_IDLE);
 		return;
@@ -197,8 +155,8 @@ settle(struct doh_conn *dc)
 		upstream_conn_event(&dc->c, CONN_CLOSED_IDLE, NULL);
 		return;
 	}
-	if (dc->nstreams == 0 && !evtimer_pending(dc->timer, NULL))
-		timer_set(dc, PING_IDLE_MS);
+	if (dc->nstreams == 0 && !evtimer_pending(dc->c.timer, NULL))
+		conn_timer(&dc->c, PING_IDLE_MS);
 }
 
 static ssize_t
@@ -414,60 +372,16 @@ submit(struct doh_conn *dc, struct txq *q)
 	TAILQ_INSERT_TAIL(&dc->streams, st, entry);
 	dc->nstreams++;
 	dc->idle_pings = 0;
-	evtimer_del(dc->timer);
+	evtimer_del(dc->c.timer);
 }
 
-static int
-doh_connect(struct doh_conn *dc)
-{
-	const struct upstream_conf *uc = dc->c.up->conf;
-
-	config_addr_str(&uc->addrs[dc->addr_idx], dc->addrstr,
-	    sizeof(dc->addrstr));
-	tls_gate_clear(&dc->gate);
-	upstream_gate_init(dc->c.up, &dc->gate);
-	dc->bev = tls_connect(dc->base, dc->c.up->ssl_ctx, uc,
-	    &uc->addrs[dc->addr_idx], &dc->gate, alpn_h2, sizeof(alpn_h2),
-	    dc->why, sizeof(dc->why));
-	if (dc->bev == NULL)
-		return -1;
-	bufferevent_setcb(dc->bev, doh_read_cb, NULL, doh_event_cb, dc);
-	bufferevent_enable(dc->bev, EV_READ | EV_WRITE);
-	timer_set(dc, CONNECT_TIMEOUT_MS);
-	return 0;
-}
-
-/* As in dot.c: the gate's refusal ends it, else the next address. */
-static void
-attempt_failed(struct doh_conn *dc)
-{
-	const struct upstream_conf *uc = dc->c.up->conf;
-
-	if (dc->gate.checked && dc->gate.verdict != TRUST_OK &&
-	    !dc->gate.report_only) {
-		ERR_clear_error();
-		doh_fail(dc, CONN_INCIDENT);
-		return;
-	}
-	log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr, dc->why);
-	ERR_clear_error();
-	for (;;) {
-		if (dc->bev != NULL) {
-			bufferevent_free(dc->bev);
-			dc->bev = NULL;
-		}
-		if (--dc->addrs_left == 0) {
-			doh_fail(dc, CONN_FAILED);
-			return;
-		}
-		dc->addr_idx = (dc->addr_idx + 1) % (unsigned)uc->naddrs;
-		dc->c.up->next_addr = dc->addr_idx;
-		if (doh_connect(dc) == 0)
-			return;
-		log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr,
-		    dc->why);
-	}
-}
+static const struct conn_io doh_io = {
+	.alpn = alpn_h2,
+	.alpn_len = sizeof(alpn_h2),
+	.read = doh_read_cb,
+	.event = doh_event_cb,
+	.timo = doh_timo,
+};
 
 /* The handshake is done and the gate passed: start HTTP/2. */
 static void
@@ -481,29 +395,24 @@ start_h2(struct doh_conn *dc)
 	unsigned len = 0;
 	struct txq *q;
 
-	SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(dc->bev), &proto,
+	SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(dc->c.bev), &proto,
 	    &len);
 	if (len != 2 || memcmp(proto, "h2", 2) != 0) {
 		/* HTTP/1.1 would be a downgrade, not an alternative. */
-		snprintf(dc->why, sizeof(dc->why), "the server did not agree "
-		    "to HTTP/2 (ALPN h2)");
+		snprintf(dc->c.why, sizeof(dc->c.why), "the server did not "
+		    "agree to HTTP/2 (ALPN h2)");
 		log_warnx("upstream %s: %s: %s", dc->c.up->conf->name,
-		    dc->addrstr, dc->why);
+		    dc->c.addrstr, dc->c.why);
 		doh_fail(dc, CONN_FAILED);
 		return;
 	}
 	if (nghttp2_session_client_new(&dc->h2, callbacks(), dc) != 0 ||
 	    nghttp2_submit_settings(dc->h2, NGHTTP2_FLAG_NONE, settings,
 	    sizeof(settings) / sizeof(settings[0])) != 0) {
-		snprintf(dc->why, sizeof(dc->why), "HTTP/2 setup failed");
+		snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2 setup failed");
 		doh_fail(dc, CONN_FAILED);
 		return;
 	}
-	dc->c.state = CONN_READY;
-	evtimer_del(dc->timer);
-	log_debug("upstream %s: %s: connected (h2), gate passed",
-	    dc->c.up->conf->name, dc->addrstr);
-	upstream_conn_event(&dc->c, CONN_READY_OK, NULL);
 	while (dc->c.state == CONN_READY &&
 	    (q = TAILQ_FIRST(&dc->waiting)) != NULL) {
 		TAILQ_REMOVE(&dc->waiting, q, entry);
@@ -518,36 +427,24 @@ static void
 doh_event_cb(struct bufferevent *bev, short events, void *arg)
 {
 	struct doh_conn *dc = arg;
+	enum conn_outcome o;
 
 	if (events & BEV_EVENT_CONNECTED) {
-		enum conn_outcome o = upstream_gate_outcome(&dc->gate);
-
-		ERR_clear_error();
-		if (o == CONN_FAILED)
-			snprintf(dc->why, sizeof(dc->why),
-			    "handshake finished without the trust gate");
-		if (o == CONN_FAILED || o == CONN_INCIDENT) {
+		if (!conn_ready(&dc->c, &o)) {
 			doh_fail(dc, o);
 			return;
-		}
-		if (o == CONN_REPORT_ONLY) {
-			char *json = upstream_incident_json(dc->c.up,
-			    dc->addrstr, &dc->gate);
-
-			if (json != NULL)
-				upstream_conn_event(&dc->c, o, json);
-			free(json);
 		}
 		start_h2(dc);
 		return;
 	}
-	tls_describe_error(bev, events, dc->why, sizeof(dc->why));
+	tls_describe_error(bev, events, dc->c.why, sizeof(dc->c.why));
 	if (dc->c.state == CONN_CONNECTING) {
-		attempt_failed(dc);
+		if (!conn_retry(&dc->c, &doh_io, &o))
+			doh_fail(dc, o);
 		return;
 	}
-	log_debug("upstream %s: %s: %s", dc->c.up->conf->name, dc->addrstr,
-	    dc->why);
+	log_debug("upstream %s: %s: %s", dc->c.up->conf->name, dc->c.addrstr,
+	    dc->c.why);
 	ERR_clear_error();
 	doh_fail(dc, dc->nstreams ? CONN_CLOSED_BUSY : CONN_CLOSED_IDLE);
 }
@@ -566,7 +463,7 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 		    evbuffer_pullup(in, (ssize_t)len), len);
 
 		if (n < 0) {
-			snprintf(dc->why, sizeof(dc->why), "HTTP/2: %s",
+			snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2: %s",
 			    nghttp2_strerror((int)n));
 			dc->broken = true;
 			break;
@@ -583,20 +480,21 @@ doh_timo(evutil_socket_t fd, short ev, void *arg)
 {
 	struct doh_conn *dc = arg;
 	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
+	enum conn_outcome o;
 
 	(void)fd;
 	(void)ev;
 	if (dc->c.state == CONN_CONNECTING) {
-		if (dc->why[0] == '\0')
-			snprintf(dc->why, sizeof(dc->why), "timed out after "
-			    "%d ms", CONNECT_TIMEOUT_MS);
-		attempt_failed(dc);
+		if (dc->c.why[0] == '\0')
+			snprintf(dc->c.why, sizeof(dc->c.why), "timed out");
+		if (!conn_retry(&dc->c, &doh_io, &o))
+			doh_fail(dc, o);
 		return;
 	}
 	if (dc->nstreams > 0)
 		return;
 	if (dc->ping_out) {
-		snprintf(dc->why, sizeof(dc->why), "no answer to a PING");
+		snprintf(dc->c.why, sizeof(dc->c.why), "no answer to a PING");
 		dc->broken = true;
 		settle(dc);
 		return;
@@ -614,13 +512,12 @@ doh_timo(evutil_socket_t fd, short ev, void *arg)
 	nghttp2_submit_ping(dc->h2, NGHTTP2_FLAG_NONE, NULL);
 	dc->ping_out = true;
 	flush(dc);
-	timer_set(dc, PING_IDLE_MS);
+	conn_timer(&dc->c, PING_IDLE_MS);
 }
 
 static struct conn *
 doh_open(struct upstream *up, struct event_base *base)
 {
-	static const struct timeval now = { 0, 0 };
 	struct doh_conn *dc = calloc(1, sizeof(*dc));
 	const struct upstream_conf *uc = up->conf;
 
@@ -628,10 +525,6 @@ doh_open(struct upstream *up, struct event_base *base)
 		log_warn("%s", __func__);
 		return NULL;
 	}
-	dc->c.ops = &doh_ops;
-	dc->c.up = up;
-	dc->c.state = CONN_CONNECTING;
-	dc->base = base;
 	TAILQ_INIT(&dc->waiting);
 	TAILQ_INIT(&dc->streams);
 	if (uc->port == CONFIG_DOH_PORT)
@@ -639,15 +532,10 @@ doh_open(struct upstream *up, struct event_base *base)
 	else
 		snprintf(dc->authority, sizeof(dc->authority), "%s:%u",
 		    uc->host, uc->port);
-	dc->addrs_left = (unsigned)uc->naddrs;
-	dc->addr_idx = up->next_addr % (unsigned)uc->naddrs;
-	if ((dc->timer = evtimer_new(base, doh_timo, dc)) == NULL) {
+	if (conn_start(&dc->c, &doh_ops, up, base, &doh_io) != 0) {
 		free(dc);
 		return NULL;
 	}
-	/* A synchronous failure is reported from the timer, as in dot.c. */
-	if (doh_connect(dc) != 0)
-		evtimer_add(dc->timer, &now);
 	return &dc->c;
 }
 

@@ -5,17 +5,11 @@
  */
 #include "config.h"
 
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 
 #include "stubborn/dnsmsg.h"
@@ -24,25 +18,16 @@
 #include "stubborn/upstream.h"
 #include "transport.h"
 
-#define CONNECT_TIMEOUT_MS	5000
 #define IDLE_TIMEOUT_MS		30000
 #define INFLIGHT_BUCKETS	256	/* power of two */
 #define INFLIGHT_MAX		4096	/* more wait for a free slot */
 
 struct dot_conn {
 	struct conn		 c;	/* first: the pool sees a struct conn */
-	struct event_base	*base;
-	struct bufferevent	*bev;
-	struct tls_gate		 gate;
 	struct txq_list		 waiting;	/* not written yet */
 	struct txq_list		 inflight;	/* written, no reply yet */
 	struct txq		*buckets[INFLIGHT_BUCKETS];
 	size_t			 ninflight;
-	struct event		*timer;	/* connect timeout, then idle */
-	unsigned		 addr_idx;
-	unsigned		 addrs_left;
-	char			 addrstr[64];
-	char			 why[128];	/* a failure before the event */
 };
 
 static void	dot_read_cb(struct bufferevent *, void *);
@@ -83,18 +68,10 @@ inflight_remove(struct dot_conn *dc, struct txq *q)
 }
 
 static void
-timer_set(struct dot_conn *dc, long ms)
-{
-	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-
-	evtimer_add(dc->timer, &tv);
-}
-
-static void
 arm_idle(struct dot_conn *dc)
 {
 	if (dc->ninflight == 0 && TAILQ_EMPTY(&dc->waiting))
-		timer_set(dc, IDLE_TIMEOUT_MS);
+		conn_timer(&dc->c, IDLE_TIMEOUT_MS);
 }
 
 static void
@@ -114,8 +91,8 @@ write_query(struct dot_conn *dc, struct txq *q)
 	TAILQ_INSERT_TAIL(&dc->inflight, q, entry);
 	dc->ninflight++;
 	/* Both pieces land in one output buffer and leave in one record. */
-	bufferevent_write(dc->bev, frame, sizeof(frame));
-	bufferevent_write(dc->bev, q->msg, q->len);
+	bufferevent_write(dc->c.bev, frame, sizeof(frame));
+	bufferevent_write(dc->c.bev, q->msg, q->len);
 }
 
 static void
@@ -131,34 +108,17 @@ flush_waiting(struct dot_conn *dc)
 }
 
 static void
-dot_free_cb(evutil_socket_t fd, short ev, void *arg)
+dot_free(struct conn *c)
 {
-	struct dot_conn *dc = arg;
-
-	(void)fd;
-	(void)ev;
-	tls_gate_clear(&dc->gate);
-	event_free(dc->timer);
-	free(dc);
+	free(c);
 }
 
-/*
- * Stop all I/O and hand every attached query to the caller's list; the
- * struct itself is freed from a zero timeout, after the callback that
- * got here has unwound.
- */
+/* Stop all I/O and hand every attached query to the caller's list. */
 static void
 teardown(struct dot_conn *dc, struct txq_list *orphans)
 {
-	static const struct timeval now = { 0, 0 };
 	struct txq *q;
 
-	dc->c.state = CONN_CLOSED;
-	evtimer_del(dc->timer);
-	if (dc->bev != NULL) {
-		bufferevent_free(dc->bev);
-		dc->bev = NULL;
-	}
 	while ((q = TAILQ_FIRST(&dc->inflight)) != NULL) {
 		inflight_remove(dc, q);
 		q->conn = NULL;
@@ -169,9 +129,7 @@ teardown(struct dot_conn *dc, struct txq_list *orphans)
 		q->conn = NULL;
 		TAILQ_INSERT_TAIL(orphans, q, entry);
 	}
-	if (event_base_once(dc->base, -1, EV_TIMEOUT, dot_free_cb, dc,
-	    &now) != 0)
-		fatalx("%s: event_base_once failed", __func__);
+	conn_stop(&dc->c, dot_free);
 }
 
 /* The end: tell the pool, then every query that was attached. */
@@ -179,117 +137,40 @@ static void
 dot_fail(struct dot_conn *dc, enum conn_outcome outcome)
 {
 	struct txq_list orphans = TAILQ_HEAD_INITIALIZER(orphans);
-	char *json = NULL;
-	struct txq *q;
 
-	if (outcome == CONN_INCIDENT)
-		json = upstream_incident_json(dc->c.up, dc->addrstr, &dc->gate);
 	teardown(dc, &orphans);
-	upstream_conn_event(&dc->c, outcome, json ? json :
-	    "{\"event\":\"trust-incident\",\"detail\":\"out of memory\"}");
-	free(json);
-	while ((q = TAILQ_FIRST(&orphans)) != NULL) {
-		TAILQ_REMOVE(&orphans, q, entry);
-		upstream_txq_failed(&dc->c, q, outcome);
-	}
+	conn_report(&dc->c, outcome, &orphans);
 }
 
-static int
-dot_connect(struct dot_conn *dc)
-{
-	const struct upstream_conf *uc = dc->c.up->conf;
-
-	config_addr_str(&uc->addrs[dc->addr_idx], dc->addrstr,
-	    sizeof(dc->addrstr));
-	tls_gate_clear(&dc->gate);
-	upstream_gate_init(dc->c.up, &dc->gate);
-	dc->bev = tls_connect(dc->base, dc->c.up->ssl_ctx, uc,
-	    &uc->addrs[dc->addr_idx], &dc->gate, NULL, 0, dc->why,
-	    sizeof(dc->why));
-	if (dc->bev == NULL)
-		return -1;
-	bufferevent_setcb(dc->bev, dot_read_cb, NULL, dot_event_cb, dc);
-	bufferevent_enable(dc->bev, EV_READ | EV_WRITE);
-	timer_set(dc, CONNECT_TIMEOUT_MS);
-	return 0;
-}
-
-/*
- * This address did not give a connection.  A refusal by the gate ends the
- * connection (the upstream as a whole is at fault); anything else moves
- * on to the next bootstrap address.
- */
-static void
-attempt_failed(struct dot_conn *dc)
-{
-	const struct upstream_conf *uc = dc->c.up->conf;
-
-	if (dc->gate.checked && dc->gate.verdict != TRUST_OK) {
-		ERR_clear_error();
-		dot_fail(dc, CONN_INCIDENT);
-		return;
-	}
-	log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr, dc->why);
-	ERR_clear_error();
-	for (;;) {
-		if (dc->bev != NULL) {
-			bufferevent_free(dc->bev);
-			dc->bev = NULL;
-		}
-		if (--dc->addrs_left == 0) {
-			dot_fail(dc, CONN_FAILED);
-			return;
-		}
-		dc->addr_idx = (dc->addr_idx + 1) % (unsigned)uc->naddrs;
-		dc->c.up->next_addr = dc->addr_idx;
-		if (dot_connect(dc) == 0)
-			return;
-		log_warnx("upstream %s: %s: %s", uc->name, dc->addrstr,
-		    dc->why);
-	}
-}
+static const struct conn_io dot_io = {
+	.read = dot_read_cb,
+	.event = dot_event_cb,
+	.timo = dot_timo,
+};
 
 static void
 dot_event_cb(struct bufferevent *bev, short events, void *arg)
 {
 	struct dot_conn *dc = arg;
-	const struct upstream_conf *uc = dc->c.up->conf;
+	enum conn_outcome o;
 
-	(void)bev;
 	if (events & BEV_EVENT_CONNECTED) {
-		enum conn_outcome o = upstream_gate_outcome(&dc->gate);
-
-		ERR_clear_error();
-		if (o == CONN_FAILED)
-			snprintf(dc->why, sizeof(dc->why),
-			    "handshake finished without the trust gate");
-		if (o == CONN_FAILED || o == CONN_INCIDENT) {
+		if (!conn_ready(&dc->c, &o)) {
 			dot_fail(dc, o);
 			return;
 		}
-		if (o == CONN_REPORT_ONLY) {
-			char *json = upstream_incident_json(dc->c.up,
-			    dc->addrstr, &dc->gate);
-
-			if (json != NULL)
-				upstream_conn_event(&dc->c, o, json);
-			free(json);
-		}
-		dc->c.state = CONN_READY;
-		evtimer_del(dc->timer);
-		log_debug("upstream %s: %s: connected, gate passed", uc->name,
-		    dc->addrstr);
-		upstream_conn_event(&dc->c, CONN_READY_OK, NULL);
 		flush_waiting(dc);
 		arm_idle(dc);
 		return;
 	}
-	tls_describe_error(dc->bev, events, dc->why, sizeof(dc->why));
+	tls_describe_error(bev, events, dc->c.why, sizeof(dc->c.why));
 	if (dc->c.state == CONN_CONNECTING) {
-		attempt_failed(dc);
+		if (!conn_retry(&dc->c, &dot_io, &o))
+			dot_fail(dc, o);
 		return;
 	}
-	log_debug("upstream %s: %s: %s", uc->name, dc->addrstr, dc->why);
+	log_debug("upstream %s: %s: %s", dc->c.up->conf->name,
+	    dc->c.addrstr, dc->c.why);
 	ERR_clear_error();
 	dot_fail(dc, dc->ninflight || !TAILQ_EMPTY(&dc->waiting) ?
 	    CONN_CLOSED_BUSY : CONN_CLOSED_IDLE);
@@ -337,14 +218,15 @@ dot_timo(evutil_socket_t fd, short ev, void *arg)
 {
 	struct dot_conn *dc = arg;
 	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
+	enum conn_outcome o;
 
 	(void)fd;
 	(void)ev;
 	if (dc->c.state == CONN_CONNECTING) {
-		if (dc->why[0] == '\0')
-			snprintf(dc->why, sizeof(dc->why), "timed out after "
-			    "%d ms", CONNECT_TIMEOUT_MS);
-		attempt_failed(dc);
+		if (dc->c.why[0] == '\0')
+			snprintf(dc->c.why, sizeof(dc->c.why), "timed out");
+		if (!conn_retry(&dc->c, &dot_io, &o))
+			dot_fail(dc, o);
 		return;
 	}
 	/* Idle: RFC 7766 asks clients to close what they do not use. */
@@ -357,31 +239,18 @@ dot_timo(evutil_socket_t fd, short ev, void *arg)
 static struct conn *
 dot_open(struct upstream *up, struct event_base *base)
 {
-	static const struct timeval now = { 0, 0 };
 	struct dot_conn *dc = calloc(1, sizeof(*dc));
 
 	if (dc == NULL) {
 		log_warn("%s", __func__);
 		return NULL;
 	}
-	dc->c.ops = &dot_ops;
-	dc->c.up = up;
-	dc->c.state = CONN_CONNECTING;
-	dc->base = base;
 	TAILQ_INIT(&dc->waiting);
 	TAILQ_INIT(&dc->inflight);
-	dc->addrs_left = (unsigned)up->conf->naddrs;
-	dc->addr_idx = up->next_addr % (unsigned)up->conf->naddrs;
-	if ((dc->timer = evtimer_new(base, dot_timo, dc)) == NULL) {
+	if (conn_start(&dc->c, &dot_ops, up, base, &dot_io) != 0) {
 		free(dc);
 		return NULL;
 	}
-	/*
-	 * A synchronous failure is reported from the timer, so the caller
-	 * never sees its conn fail before open has returned.
-	 */
-	if (dot_connect(dc) != 0)
-		evtimer_add(dc->timer, &now);
 	return &dc->c;
 }
 
@@ -392,7 +261,7 @@ dot_send(struct conn *c, struct txq *q)
 
 	q->conn = c;
 	if (c->state == CONN_READY) {
-		evtimer_del(dc->timer);
+		evtimer_del(c->timer);
 		if (dc->ninflight < INFLIGHT_MAX) {
 			write_query(dc, q);
 			return;

@@ -11,7 +11,10 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include <event2/bufferevent.h>
 #include <event2/event.h>
+
+#include "stubborn/tls.h"
 
 struct upstream;
 struct conn;
@@ -51,12 +54,74 @@ struct txq {
 };
 TAILQ_HEAD(txq_list, txq);
 
-/* Fields every connection starts with (transports embed it first). */
+/*
+ * What every connection has (transports embed it first): the TLS
+ * connection with its gate, and the walk through the bootstrap addresses.
+ * transport.c holds what both transports do with it.
+ */
 struct conn {
 	const struct transport_ops *ops;
-	struct upstream	*up;		/* borrowed; outlives the conn */
-	enum conn_state	 state;
+	struct upstream		*up;	/* borrowed; outlives the conn */
+	enum conn_state		 state;
+	struct event_base	*base;
+	struct bufferevent	*bev;
+	struct tls_gate		 gate;
+	struct event		*timer;	/* connect timeout, then the transport's */
+	unsigned		 addr_idx;
+	unsigned		 addrs_left;
+	char			 addrstr[64];
+	char			 why[128];	/* the last failure, in words */
+	void			(*free_fn)(struct conn *);	/* conn_stop */
 };
+
+/* The transport's callbacks for conn_connect; arg is the conn. */
+struct conn_io {
+	const unsigned char	*alpn;	/* wire-format list, or NULL */
+	unsigned		 alpn_len;
+	bufferevent_data_cb	 read;
+	bufferevent_event_cb	 event;
+	event_callback_fn	 timo;
+};
+
+/*
+ * Set up c for up and start connecting to its next bootstrap address.  A
+ * synchronous failure comes back through io->timo, so the caller never
+ * sees its conn fail before this returns.  -1 only when out of memory.
+ */
+int	conn_start(struct conn *c, const struct transport_ops *ops,
+	    struct upstream *up, struct event_base *base,
+	    const struct conn_io *io);
+
+/*
+ * This address gave no connection.  Returns true when the next address
+ * is being tried; false with *outcome set (CONN_INCIDENT when the gate
+ * refused the certificate, CONN_FAILED when no address is left).
+ */
+bool	conn_retry(struct conn *c, const struct conn_io *io,
+	    enum conn_outcome *outcome);
+
+/*
+ * The handshake finished: judge it with the gate.  true: READY (reported
+ * to the pool, timer stopped); false with *outcome to fail the conn with.
+ */
+bool	conn_ready(struct conn *c, enum conn_outcome *outcome);
+
+/* Arm c's timer in ms. */
+void	conn_timer(struct conn *c, long ms);
+
+/*
+ * Stop c's I/O and timer (state CLOSED).  Once the callback that got here
+ * has unwound, the gate and timer are released and free_fn frees the
+ * rest; the conn must not be touched after that.
+ */
+void	conn_stop(struct conn *c, void (*free_fn)(struct conn *));
+
+/*
+ * Report the end of c to the pool (with the incident record when the
+ * gate refused), then fail each query of orphans over.
+ */
+void	conn_report(struct conn *c, enum conn_outcome outcome,
+	    struct txq_list *orphans);
 
 struct transport_ops {
 	const char	*name;

@@ -1,0 +1,171 @@
+/*
+ * What DoT and DoH connections share: connecting over TLS with the gate,
+ * walking the bootstrap addresses, judging the finished handshake, and
+ * ending a connection without freeing it inside its own callback.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/bufferevent.h>
+#include <openssl/err.h>
+
+#include "stubborn/log.h"
+#include "stubborn/tls.h"
+#include "stubborn/upstream.h"
+#include "transport.h"
+
+#define CONNECT_TIMEOUT_MS	5000
+
+void
+conn_timer(struct conn *c, long ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	evtimer_add(c->timer, &tv);
+}
+
+static int
+connect_one(struct conn *c, const struct conn_io *io)
+{
+	const struct upstream_conf *uc = c->up->conf;
+
+	config_addr_str(&uc->addrs[c->addr_idx], c->addrstr,
+	    sizeof(c->addrstr));
+	c->why[0] = '\0';
+	tls_gate_clear(&c->gate);
+	upstream_gate_init(c->up, &c->gate);
+	c->bev = tls_connect(c->base, c->up->ssl_ctx, uc,
+	    &uc->addrs[c->addr_idx], &c->gate, io->alpn, io->alpn_len, c->why,
+	    sizeof(c->why));
+	if (c->bev == NULL)
+		return -1;
+	bufferevent_setcb(c->bev, io->read, NULL, io->event, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	conn_timer(c, CONNECT_TIMEOUT_MS);
+	return 0;
+}
+
+int
+conn_start(struct conn *c, const struct transport_ops *ops,
+    struct upstream *up, struct event_base *base, const struct conn_io *io)
+{
+	c->ops = ops;
+	c->up = up;
+	c->state = CONN_CONNECTING;
+	c->base = base;
+	c->addrs_left = (unsigned)up->conf->naddrs;
+	c->addr_idx = up->next_addr % (unsigned)up->conf->naddrs;
+	if ((c->timer = evtimer_new(base, io->timo, c)) == NULL)
+		return -1;
+	if (connect_one(c, io) != 0)
+		conn_timer(c, 0);
+	return 0;
+}
+
+bool
+conn_retry(struct conn *c, const struct conn_io *io,
+    enum conn_outcome *outcome)
+{
+	const struct upstream_conf *uc = c->up->conf;
+
+	/* A refusal by the gate condemns the upstream, not the address. */
+	if (c->gate.checked && c->gate.verdict != TRUST_OK &&
+	    !c->gate.report_only) {
+		ERR_clear_error();
+		*outcome = CONN_INCIDENT;
+		return false;
+	}
+	ERR_clear_error();
+	for (;;) {
+		log_warnx("upstream %s: %s: %s", uc->name, c->addrstr, c->why);
+		if (c->bev != NULL) {
+			bufferevent_free(c->bev);
+			c->bev = NULL;
+		}
+		if (--c->addrs_left == 0) {
+			*outcome = CONN_FAILED;
+			return false;
+		}
+		c->addr_idx = (c->addr_idx + 1) % (unsigned)uc->naddrs;
+		c->up->next_addr = c->addr_idx;
+		if (connect_one(c, io) == 0)
+			return true;
+	}
+}
+
+bool
+conn_ready(struct conn *c, enum conn_outcome *outcome)
+{
+	enum conn_outcome o = upstream_gate_outcome(&c->gate);
+
+	ERR_clear_error();
+	if (o == CONN_FAILED)
+		snprintf(c->why, sizeof(c->why),
+		    "handshake finished without the trust gate");
+	if (o == CONN_FAILED || o == CONN_INCIDENT) {
+		*outcome = o;
+		return false;
+	}
+	if (o == CONN_REPORT_ONLY) {
+		char *json = upstream_incident_json(c->up, c->addrstr,
+		    &c->gate);
+
+		if (json != NULL)
+			upstream_conn_event(c, o, json);
+		free(json);
+	}
+	c->state = CONN_READY;
+	evtimer_del(c->timer);
+	log_debug("upstream %s: %s: connected (%s), gate passed",
+	    c->up->conf->name, c->addrstr, c->ops->name);
+	upstream_conn_event(c, CONN_READY_OK, NULL);
+	return true;
+}
+
+static void
+free_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)ev;
+	tls_gate_clear(&c->gate);
+	event_free(c->timer);
+	c->free_fn(c);
+}
+
+void
+conn_stop(struct conn *c, void (*free_fn)(struct conn *))
+{
+	static const struct timeval now = { 0, 0 };
+
+	c->state = CONN_CLOSED;
+	evtimer_del(c->timer);
+	if (c->bev != NULL) {
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+	}
+	c->free_fn = free_fn;
+	if (event_base_once(c->base, -1, EV_TIMEOUT, free_cb, c, &now) != 0)
+		fatalx("%s: event_base_once failed", __func__);
+}
+
+void
+conn_report(struct conn *c, enum conn_outcome outcome,
+    struct txq_list *orphans)
+{
+	char *json = NULL;
+	struct txq *q;
+
+	if (outcome == CONN_INCIDENT)
+		json = upstream_incident_json(c->up, c->addrstr, &c->gate);
+	upstream_conn_event(c, outcome, json ? json :
+	    "{\"event\":\"trust-incident\",\"detail\":\"out of memory\"}");
+	free(json);
+	while ((q = TAILQ_FIRST(orphans)) != NULL) {
+		TAILQ_REMOVE(orphans, q, entry);
+		upstream_txq_failed(c, q, outcome);
+	}
+}
