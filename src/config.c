@@ -21,6 +21,11 @@ const char *const upstream_proto_str[] = {
 	[PROTO_DOH] = "https",
 };
 
+const char *const strategy_str[] = {
+	[STRATEGY_ORDER] = "order",
+	[STRATEGY_FASTEST] = "fastest",
+};
+
 const char *const ct_mode_str[] = {
 	[CT_ENFORCE] = "enforce",
 	[CT_REPORT] = "report",
@@ -563,6 +568,21 @@ p_user(struct parse_ctx *ctx, const char *v)
 }
 
 static const char *
+p_strategy(struct parse_ctx *ctx, const char *v)
+{
+	if (strcmp(v, "order") == 0)
+		ctx->cfg->strategy = STRATEGY_ORDER;
+	else if (strcmp(v, "fastest") == 0)
+		ctx->cfg->strategy = STRATEGY_FASTEST;
+	else {
+		snprintf(ctx->msg, sizeof(ctx->msg),
+		    "strategy must be order or fastest, not '%s'", v);
+		return ctx->msg;
+	}
+	return NULL;
+}
+
+static const char *
 p_state_dir(struct parse_ctx *ctx, const char *v)
 {
 	return parse_string(v, &ctx->cfg->state_dir);
@@ -747,14 +767,13 @@ static const struct item items[] = {
 	{ SEC_SERVER, "listen", p_listen, true, NULL },
 	{ SEC_SERVER, "allow", p_allow, true, NULL },
 	{ SEC_SERVER, "user", p_user, false, NULL },
-	{ SEC_SERVER, "state-dir", p_state_dir, false,
-	    "quarantine is kept in memory only" },
+	{ SEC_SERVER, "strategy", p_strategy, false, NULL },
+	{ SEC_SERVER, "state-dir", p_state_dir, false, NULL },
 	{ SEC_SERVER, "metrics", p_metrics, false,
 	    "metrics are not served yet" },
-	{ SEC_CACHE, "size", p_cache_size, false, "there is no cache yet" },
-	{ SEC_CACHE, "max-ttl", p_max_ttl, false, "there is no cache yet" },
-	{ SEC_CACHE, "serve-stale", p_serve_stale, false,
-	    "there is no cache yet" },
+	{ SEC_CACHE, "size", p_cache_size, false, NULL },
+	{ SEC_CACHE, "max-ttl", p_max_ttl, false, NULL },
+	{ SEC_CACHE, "serve-stale", p_serve_stale, false, NULL },
 	{ SEC_TRUST, "ca-file", p_ca_file, false, NULL },
 	{ SEC_TRUST, "ct", p_ct, false, NULL },
 	{ SEC_TRUST, "ct-policy", p_ct_policy, false, NULL },
@@ -1115,13 +1134,13 @@ config_print(const struct config *cfg, FILE *out)
 		print_cidr(&cfg->allow[i], out);
 	}
 	/* Keys this version accepts but does not act on are shown as such. */
-	fprintf(out, "\nuser = %s\n; not in effect yet: state-dir = %s\n"
+	fprintf(out, "\nuser = %s\nstrategy = %s\nstate-dir = %s\n"
 	    "; not in effect yet: metrics = %s\n",
-	    cfg->user ? cfg->user : "",
+	    cfg->user ? cfg->user : "", strategy_str[cfg->strategy],
 	    cfg->state_dir ? cfg->state_dir : "",
 	    cfg->metrics ? config_addr_str(cfg->metrics, buf, sizeof(buf)) : "");
-	fprintf(out, "\n[cache]\n; not in effect yet: there is no cache\n"
-	    ";size = %ld\n;max-ttl = %ld\n;serve-stale = %ld\n",
+	fprintf(out, "\n[cache]\nsize = %ld\nmax-ttl = %ld\n"
+	    "serve-stale = %ld\n",
 	    cfg->cache_size, cfg->cache_max_ttl, cfg->cache_serve_stale);
 	fprintf(out, "\n[trust]\nca-file = %s\nquarantine = %ld\n"
 	    "ct = %s\nct-policy = %s\nct-log-list = %s\n"

@@ -186,6 +186,68 @@ dnsmsg_reply_matches(const uint8_t *reply, size_t rlen, const uint8_t *query,
 }
 
 size_t
+dnsmsg_upstream_query(const uint8_t *query, const struct dnsmsg_info *info,
+    uint8_t *out)
+{
+	size_t n = info->qend, pad;
+
+	memcpy(out, query, n);
+	/* Keep RD, AD, CD; the sections are the question and our OPT. */
+	put16(out + 6, 0);
+	put16(out + 8, 0);
+	put16(out + 10, 1);
+	out[n++] = 0;				/* root owner */
+	put16(out + n, DNS_TYPE_OPT);
+	put16(out + n + 2, 1232);		/* RFC 9715's safe size */
+	out[n + 4] = 0;				/* extended rcode */
+	out[n + 5] = 0;				/* version */
+	put16(out + n + 6, info->do_bit ? DNS_EDNS_DO : 0);
+	n += 8;
+	pad = (DNSMSG_PAD_BLOCK - (n + 2 + 4) % DNSMSG_PAD_BLOCK) %
+	    DNSMSG_PAD_BLOCK;
+	put16(out + n, (uint16_t)(4 + pad));	/* RDLENGTH */
+	put16(out + n + 2, 12);			/* Padding */
+	put16(out + n + 4, (uint16_t)pad);
+	memset(out + n + 6, 0, pad);
+	return n + 6 + pad;
+}
+
+size_t
+dnsmsg_strip_opt(uint8_t *msg, size_t len)
+{
+	unsigned before, ar, i;
+	size_t off, start;
+	long end;
+
+	if (len < DNSMSG_HDR_LEN || (ar = get16(msg + 10)) == 0 ||
+	    get16(msg + 4) != 1)
+		return len;
+	before = (unsigned)get16(msg + 6) + get16(msg + 8);
+	if ((end = dnsmsg_skip_name(msg, len, DNSMSG_HDR_LEN)) < 0)
+		return len;
+	off = (size_t)end + 4;
+	for (i = 0; i < before + ar; i++) {
+		start = off;
+		if ((end = dnsmsg_skip_name(msg, len, off)) < 0 ||
+		    (size_t)end + 10 > len)
+			return len;
+		off = (size_t)end + 10 + get16(msg + end + 8);
+		if (off > len)
+			return len;
+		/*
+		 * Only a last OPT is cut (the usual place): records after it
+		 * could be named by compression pointers into them.
+		 */
+		if (i >= before && get16(msg + end) == DNS_TYPE_OPT &&
+		    off == len) {
+			put16(msg + 10, (uint16_t)(ar - 1));
+			return start;
+		}
+	}
+	return len;
+}
+
+size_t
 dnsmsg_truncate(uint8_t *msg, size_t len, size_t max)
 {
 	long end;

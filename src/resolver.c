@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "stubborn/cache.h"
 #include "stubborn/dnsmsg.h"
 #include "stubborn/log.h"
 #include "stubborn/resolver.h"
@@ -13,72 +14,143 @@
 /*
  * A client retries after a few seconds (dig 5 s, kdig 2 s, glibc 5 s):
  * one upstream gets ATTEMPT_MS before the next is tried, and the client
- * gets SERVFAIL within DEADLINE_MS rather than silence.
+ * gets SERVFAIL (or a stale answer) within DEADLINE_MS rather than silence.
  */
 #define ATTEMPT_MS		1500
 #define DEADLINE_MS		4000
 #define QUERIES_MAX		20000
+#define INFLIGHT_BUCKETS	4096	/* power of two */
+#define SHED_LOG_EVERY_MS	10000
 
+/* A client waiting for the answer to a question. */
+struct waiter {
+	TAILQ_ENTRY(waiter)	 entry;
+	struct client		 client;
+	struct dnsmsg_info	 info;	/* its ID, EDNS and UDP size */
+	uint8_t			 qname[];	/* its spelling of the name */
+};
+
+/* One question in flight upstream, for every client that asked it. */
 struct query {
 	struct txq		 tx;	/* first: the pool hands back &q->tx */
 	struct resolver		*r;
 	TAILQ_ENTRY(query)	 entry;
-	struct client		 client;
-	struct dnsmsg_info	 info;
-	uint8_t			*msg;	/* the client's query, ID rewritten */
-	size_t			 len;
+	struct query		*hnext;	/* in-flight map, by key */
+	struct cache_key	 key;
+	TAILQ_HEAD(, waiter)	 waiters;
 	uint64_t		 tried;	/* a bit per upstream index */
 	uint64_t		 deadline_ms;
+	uint64_t		 sent_ms;
 	struct upstream		*up;	/* the current attempt's */
 	struct event		*timer;
 	bool			 retried_same;
+	size_t			 len;
+	uint8_t			 msg[DNSMSG_UPSTREAM_MAX];	/* padded */
 };
 
 struct resolver {
 	struct event_base	*base;
 	struct upstream_pool	*pool;
-	TAILQ_HEAD(, query)	 queries;
+	struct cache		*cache;
+	TAILQ_HEAD(, query)	 queries;	/* oldest first */
 	size_t			 nqueries;
+	struct query		*inflight[INFLIGHT_BUCKETS];
 	uint64_t		 shed_logged_ms;
 };
 
 static void	dispatch(struct query *);
 
+/* Send answer (len bytes) to w, in its ID, its name's case, its EDNS. */
+static void
+deliver(const struct client *c, const struct dnsmsg_info *info,
+    const uint8_t *qname, const uint8_t *answer, size_t len)
+{
+	static uint8_t buf[DNSMSG_MAX_LEN];
+
+	memcpy(buf, answer, len);
+	dnsmsg_set_id(buf, info->id);
+	/* Same name but for case: the client sees its own spelling (0x20). */
+	memcpy(buf + DNSMSG_HDR_LEN, qname, info->qend - DNSMSG_HDR_LEN - 4);
+	if (!info->edns)
+		len = dnsmsg_strip_opt(buf, len);
+	listener_answer(c, buf, len, info->udp_size);
+}
+
+static struct query **
+bucket(struct resolver *r, const struct cache_key *k)
+{
+	return &r->inflight[k->hash & (INFLIGHT_BUCKETS - 1)];
+}
+
 static void
 query_free(struct query *q)
 {
+	struct resolver *r = q->r;
+	struct query **pp;
+	struct waiter *w;
+
 	upstream_cancel(&q->tx);
 	event_free(q->timer);
-	TAILQ_REMOVE(&q->r->queries, q, entry);
-	q->r->nqueries--;
-	listener_client_release(&q->client);
+	for (pp = bucket(r, &q->key); *pp != NULL; pp = &(*pp)->hnext) {
+		if (*pp == q) {
+			*pp = q->hnext;
+			break;
+		}
+	}
+	TAILQ_REMOVE(&r->queries, q, entry);
+	r->nqueries--;
+	while ((w = TAILQ_FIRST(&q->waiters)) != NULL) {
+		TAILQ_REMOVE(&q->waiters, w, entry);
+		listener_client_release(&w->client);
+		free(w);
+	}
 	free(q);
 }
 
 static void
-answer_error(struct query *q, int rcode)
+answer_all(struct query *q, const uint8_t *answer, size_t len)
 {
-	uint8_t buf[DNSMSG_HDR_LEN + 260];
+	struct waiter *w;
+
+	TAILQ_FOREACH(w, &q->waiters, entry)
+		deliver(&w->client, &w->info, w->qname, answer, len);
+	query_free(q);
+}
+
+/* No upstream answered: a stale answer if allowed and held, or SERVFAIL. */
+static void
+answer_failure(struct query *q)
+{
+	static uint8_t buf[DNSMSG_MAX_LEN];
+	struct waiter *w = TAILQ_FIRST(&q->waiters);
 	size_t n;
 
-	n = dnsmsg_error_reply(q->msg, q->len, &q->info, rcode, buf,
+	n = cache_lookup(q->r->cache, &q->key, upstream_now_ms(), true, buf,
 	    sizeof(buf));
-	if (n > 0) {
-		dnsmsg_set_id(buf, q->info.id);
-		listener_answer(&q->client, buf, n, q->info.udp_size);
+	if (n == 0) {
+		n = dnsmsg_error_reply(q->msg, q->len, &w->info,
+		    DNS_RCODE_SERVFAIL, buf, sizeof(buf));
+		if (log_getlevel() >= 7) {
+			char name[256];
+
+			log_debug("%s: no upstream answered; SERVFAIL",
+			    dnsmsg_qname_str(q->msg, q->len, name,
+			    sizeof(name)));
+		}
 	}
-	query_free(q);
+	answer_all(q, buf, n);
 }
 
 static void
 reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 {
 	struct query *q = (struct query *)tx;
+	uint64_t now = upstream_now_ms();
 
 	(void)arg;
-	dnsmsg_set_id(msg, q->info.id);
-	listener_answer(&q->client, msg, len, q->info.udp_size);
-	query_free(q);
+	upstream_note_rtt(q->up, now - q->sent_ms);
+	cache_store(q->r->cache, &q->key, msg, len, now);
+	answer_all(q, msg, len);
 }
 
 static void
@@ -109,7 +181,7 @@ query_timo(evutil_socket_t fd, short ev, void *arg)
 	dispatch(q);
 }
 
-/* Send q to the next upstream, or SERVFAIL when none is left. */
+/* Send q to the next upstream, or give up when none is left. */
 static void
 dispatch(struct query *q)
 {
@@ -119,18 +191,12 @@ dispatch(struct query *q)
 
 	if (now >= q->deadline_ms ||
 	    (up = upstream_pick(q->r->pool, q->tried)) == NULL) {
-		if (log_getlevel() >= 7) {
-			char name[256];
-
-			log_debug("%s: no upstream answered; SERVFAIL",
-			    dnsmsg_qname_str(q->msg, q->len, name,
-			    sizeof(name)));
-		}
-		answer_error(q, DNS_RCODE_SERVFAIL);
+		answer_failure(q);
 		return;
 	}
 	q->tried |= (uint64_t)1 << up->index;
 	q->up = up;
+	q->sent_ms = now;
 	left = q->deadline_ms - now;
 	if (left > ATTEMPT_MS)
 		left = ATTEMPT_MS;
@@ -155,7 +221,11 @@ resolver_new(struct event_base *base, const struct config *cfg,
 	r->base = base;
 	TAILQ_INIT(&r->queries);
 	cbs.arg = r;
-	if ((r->pool = upstream_pool_new(base, cfg, ct_list, &cbs)) == NULL) {
+	r->cache = cache_new((size_t)cfg->cache_size,
+	    (uint32_t)cfg->cache_max_ttl, (uint32_t)cfg->cache_serve_stale);
+	if (r->cache == NULL ||
+	    (r->pool = upstream_pool_new(base, cfg, ct_list, &cbs)) == NULL) {
+		cache_free(r->cache);
 		free(r);
 		return NULL;
 	}
@@ -176,52 +246,98 @@ resolver_free(struct resolver *r)
 	if (r == NULL)
 		return;
 	while ((q = TAILQ_FIRST(&r->queries)) != NULL)
-		answer_error(q, DNS_RCODE_SERVFAIL);
+		answer_failure(q);
 	upstream_pool_free(r->pool);
+	cache_free(r->cache);
 	free(r);
+}
+
+static bool
+add_waiter(struct query *q, const struct client *client,
+    const uint8_t *msg, const struct dnsmsg_info *info)
+{
+	size_t nl = info->qend - DNSMSG_HDR_LEN - 4;
+	struct waiter *w = malloc(sizeof(*w) + nl);
+
+	if (w == NULL)
+		return false;
+	listener_client_copy(&w->client, client);
+	w->info = *info;
+	memcpy(w->qname, msg + DNSMSG_HDR_LEN, nl);
+	TAILQ_INSERT_TAIL(&q->waiters, w, entry);
+	return true;
+}
+
+static void
+answer_servfail(const struct client *client, const uint8_t *msg, size_t len,
+    const struct dnsmsg_info *info)
+{
+	uint8_t buf[DNSMSG_HDR_LEN + 260];
+	size_t n = dnsmsg_error_reply(msg, len, info, DNS_RCODE_SERVFAIL, buf,
+	    sizeof(buf));
+
+	if (n > 0)
+		listener_answer(client, buf, n, info->udp_size);
 }
 
 void
 resolver_query(struct resolver *r, const struct client *client,
     const uint8_t *msg, size_t len, const struct dnsmsg_info *info)
 {
+	static uint8_t hit[DNSMSG_MAX_LEN];
+	uint64_t now = upstream_now_ms();
+	struct cache_key key;
 	struct query *q;
+	size_t n;
 
+	if (cache_key_make(msg, info->qend, info->do_bit, &key) != 0) {
+		answer_servfail(client, msg, len, info);
+		return;
+	}
+	if ((n = cache_lookup(r->cache, &key, now, false, hit,
+	    sizeof(hit))) > 0) {
+		deliver(client, info, msg + DNSMSG_HDR_LEN, hit, n);
+		return;
+	}
+	/* The same question in flight: wait for its answer. */
+	for (q = *bucket(r, &key); q != NULL; q = q->hnext) {
+		if (cache_key_equal(&q->key, &key)) {
+			if (!add_waiter(q, client, msg, info))
+				answer_servfail(client, msg, len, info);
+			return;
+		}
+	}
 	if (r->nqueries >= QUERIES_MAX) {
-		uint64_t now = upstream_now_ms();
-
-		/* Overload: refuse new work rather than grow without bound. */
-		if (now - r->shed_logged_ms > 10000) {
-			log_warnx("%d queries in flight; answering SERVFAIL to "
-			    "new ones", QUERIES_MAX);
+		/* Overload: the oldest work goes first, memory stays bounded. */
+		if (now - r->shed_logged_ms > SHED_LOG_EVERY_MS) {
+			log_warnx("%d questions in flight: failing the oldest "
+			    "to take new ones", QUERIES_MAX);
 			r->shed_logged_ms = now;
 		}
-		q = NULL;
-	} else
-		q = calloc(1, sizeof(*q) + len);
-	if (q == NULL) {
-		uint8_t buf[DNSMSG_HDR_LEN + 260];
-		size_t n = dnsmsg_error_reply(msg, len, info,
-		    DNS_RCODE_SERVFAIL, buf, sizeof(buf));
-
-		if (n > 0)
-			listener_answer(client, buf, n, info->udp_size);
+		answer_failure(TAILQ_FIRST(&r->queries));
+	}
+	if ((q = calloc(1, sizeof(*q))) == NULL) {
+		answer_servfail(client, msg, len, info);
 		return;
 	}
 	q->r = r;
-	q->msg = (uint8_t *)(q + 1);
-	memcpy(q->msg, msg, len);
-	q->len = len;
-	q->info = *info;
+	q->key = key;
+	TAILQ_INIT(&q->waiters);
+	q->len = dnsmsg_upstream_query(msg, info, q->msg);
 	q->tx.msg = q->msg;
-	q->tx.len = len;
+	q->tx.len = q->len;
 	q->tx.qend = info->qend;
-	q->deadline_ms = upstream_now_ms() + DEADLINE_MS;
-	if ((q->timer = evtimer_new(r->base, query_timo, q)) == NULL) {
+	q->deadline_ms = now + DEADLINE_MS;
+	if ((q->timer = evtimer_new(r->base, query_timo, q)) == NULL ||
+	    !add_waiter(q, client, msg, info)) {
+		if (q->timer != NULL)
+			event_free(q->timer);
 		free(q);
+		answer_servfail(client, msg, len, info);
 		return;
 	}
-	listener_client_copy(&q->client, client);
+	q->hnext = *bucket(r, &key);
+	*bucket(r, &key) = q;
 	TAILQ_INSERT_TAIL(&r->queries, q, entry);
 	r->nqueries++;
 	dispatch(q);

@@ -1,8 +1,10 @@
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "stubborn/log.h"
 #include "stubborn/tls.h"
@@ -53,6 +55,96 @@ upstream_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+#define QUARANTINE_FILE	"quarantine"
+
+/*
+ * Quarantines survive a restart: state-dir/quarantine holds a line per
+ * quarantined upstream, "name<TAB>url<TAB>until" (Unix seconds), written
+ * whole to a temporary file and renamed over the old one.
+ */
+static void
+quarantine_save(struct upstream_pool *pool)
+{
+	const char *dir = pool->cfg->state_dir;
+	char path[4096], tmp[4200];
+	time_t now = time(NULL);
+	FILE *fp;
+	size_t i;
+	int fd;
+
+	if (dir == NULL)
+		return;
+	snprintf(path, sizeof(path), "%s/%s", dir, QUARANTINE_FILE);
+	snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
+	if ((fd = mkstemp(tmp)) == -1 || (fp = fdopen(fd, "w")) == NULL) {
+		log_warn("cannot keep quarantines in %s", dir);
+		if (fd != -1) {
+			close(fd);
+			unlink(tmp);
+		}
+		return;
+	}
+	for (i = 0; i < pool->n; i++) {
+		struct upstream *up = &pool->ups[i];
+
+		if (up->state == UPSTREAM_QUARANTINED &&
+		    up->quarantine_until > now)
+			fprintf(fp, "%s\t%s\t%lld\n", up->conf->name,
+			    up->conf->url, (long long)up->quarantine_until);
+	}
+	if (fflush(fp) != 0 || fsync(fd) != 0 || fclose(fp) != 0 ||
+	    rename(tmp, path) != 0) {
+		log_warn("cannot keep quarantines in %s", path);
+		unlink(tmp);
+	}
+}
+
+static void
+quarantine_load(struct upstream_pool *pool)
+{
+	char path[4096], line[1024];
+	time_t now = time(NULL);
+	int lineno = 0;
+	FILE *fp;
+
+	if (pool->cfg->state_dir == NULL)
+		return;
+	snprintf(path, sizeof(path), "%s/%s", pool->cfg->state_dir,
+	    QUARANTINE_FILE);
+	if ((fp = fopen(path, "r")) == NULL)
+		return;		/* none yet */
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		char *name, *url, *until, *ep, *save = NULL;
+		long long t;
+		size_t i;
+
+		lineno++;
+		name = strtok_r(line, "\t\n", &save);
+		url = strtok_r(NULL, "\t\n", &save);
+		until = strtok_r(NULL, "\t\n", &save);
+		t = until ? strtoll(until, &ep, 10) : 0;
+		if (name == NULL || url == NULL || until == NULL || *ep != '\0') {
+			/* A damaged file costs the quarantine, never the start. */
+			log_warnx("%s:%d: not a quarantine line; ignored", path,
+			    lineno);
+			continue;
+		}
+		for (i = 0; i < pool->n; i++) {
+			struct upstream *up = &pool->ups[i];
+
+			if (t > now && strcmp(up->conf->name, name) == 0 &&
+			    strcmp(up->conf->url, url) == 0) {
+				up->state = UPSTREAM_QUARANTINED;
+				up->quarantine_until = (time_t)t;
+				log_warnx("upstream %s: still quarantined for "
+				    "%lld s after a trust incident (%s)", name,
+				    t - (long long)now, path);
+			}
+		}
+	}
+	fclose(fp);
+}
+
 struct upstream_pool *
 upstream_pool_new(struct event_base *base, const struct config *cfg,
     const struct ct_loglist *ct_list, const struct upstream_cbs *cbs)
@@ -92,6 +184,7 @@ upstream_pool_new(struct event_base *base, const struct config *cfg,
 			log_info("upstream %s: no pins configured; the pin "
 			    "step is skipped for it", up->conf->name);
 	}
+	quarantine_load(pool);
 	return pool;
 }
 
@@ -145,9 +238,23 @@ struct upstream *
 upstream_pick(struct upstream_pool *pool, uint64_t tried)
 {
 	uint64_t now = upstream_now_ms();
+	struct upstream *best = NULL;
 	int pass;
 	size_t i;
 
+	/* fastest: the healthy one with the lowest RTT; unmeasured first. */
+	if (pool->cfg->strategy == STRATEGY_FASTEST) {
+		for (i = 0; i < pool->n; i++) {
+			struct upstream *up = &pool->ups[i];
+
+			if (!(tried & ((uint64_t)1 << i)) &&
+			    up->state == UPSTREAM_UP &&
+			    (best == NULL || up->rtt_ms < best->rtt_ms))
+				best = up;
+		}
+		if (best != NULL)
+			return best;
+	}
 	for (pass = 0; pass < 2; pass++) {
 		for (i = 0; i < pool->n; i++) {
 			struct upstream *up = &pool->ups[i];
@@ -233,8 +340,24 @@ mark_down(struct upstream *up, const char *why)
 }
 
 void
+upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
+{
+	if (rtt_ms == 0)
+		rtt_ms = 1;	/* 0 means "not measured" */
+	if (rtt_ms > 60000)
+		rtt_ms = 60000;
+	/* EWMA with weight 1/8, as TCP's SRTT (RFC 6298). */
+	up->rtt_ms = up->rtt_ms == 0 ? (unsigned)rtt_ms :
+	    (unsigned)((7ULL * up->rtt_ms + rtt_ms) / 8);
+	up->timeouts = 0;
+}
+
+void
 upstream_note_timeout(struct upstream *up)
 {
+	/* A timeout is a slow answer too, for strategy = fastest. */
+	up->rtt_ms = up->rtt_ms ? (up->rtt_ms > 30000 ? 60000 :
+	    up->rtt_ms * 2) : 1500;
 	/* A down upstream's probe that times out lengthens its backoff. */
 	if (up->state == UPSTREAM_DOWN ||
 	    (++up->timeouts >= TIMEOUTS_DOWN && up->state == UPSTREAM_UP))
@@ -269,6 +392,7 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		up->quarantine_until = time(NULL) + up->quarantine_sec;
 		log_warnx("upstream %s: trust incident; quarantined for %ld s",
 		    up->conf->name, up->quarantine_sec);
+		quarantine_save(up->pool);
 		break;
 	case CONN_CLOSED_IDLE:
 	case CONN_CLOSED_BUSY:

@@ -60,8 +60,15 @@ struct upstream_conf {
 	enum ct_mode		 ct;
 };
 
+enum strategy {
+	STRATEGY_ORDER,		/* conf order: the first usable upstream */
+	STRATEGY_FASTEST,	/* the usable one with the lowest RTT */
+};
+extern const char *const strategy_str[];
+
 struct config {
 	char			*path;		/* NULL for built-in defaults */
+	enum strategy		 strategy;
 
 	struct addr		*listen;
 	size_t			 nlisten;

@@ -78,6 +78,27 @@ bool	dnsmsg_reply_matches(const uint8_t *reply, size_t rlen,
  */
 size_t	dnsmsg_truncate(uint8_t *msg, size_t len, size_t max);
 
+#define DNSMSG_PAD_BLOCK	128	/* RFC 8467 4.1: queries pad to 128 */
+#define DNSMSG_UPSTREAM_MAX	(DNSMSG_HDR_LEN + 255 + 4 + 11 + 4 + \
+				 DNSMSG_PAD_BLOCK)
+
+/*
+ * The query to send upstream for the client's query (its question ending
+ * at info->qend): the header's flags and question as they are, and one
+ * OPT record of our own with the client's DO bit and a Padding option
+ * (RFC 7830) that makes the length a multiple of DNSMSG_PAD_BLOCK.  The
+ * client's other EDNS options, Client Subnet among them, stay behind.
+ * Returns the length written to out (at least DNSMSG_UPSTREAM_MAX bytes).
+ */
+size_t	dnsmsg_upstream_query(const uint8_t *query,
+	    const struct dnsmsg_info *info, uint8_t *out);
+
+/*
+ * Remove the OPT record from a response (len bytes, modified) for a
+ * client that sent none.  Returns the new length.
+ */
+size_t	dnsmsg_strip_opt(uint8_t *msg, size_t len);
+
 /* The response code of a message of at least DNSMSG_HDR_LEN bytes. */
 int	dnsmsg_rcode(const uint8_t *msg);
 

@@ -39,6 +39,7 @@ struct upstream {
 	time_t			 quarantine_until;	/* wall clock */
 	unsigned		 backoff_sec;
 	unsigned		 timeouts;	/* consecutive */
+	unsigned		 rtt_ms;	/* EWMA; 0: not measured yet */
 	unsigned		 next_addr;	/* bootstrap address to try */
 	long			 quarantine_sec;	/* from [trust] */
 };
@@ -86,6 +87,9 @@ void	upstream_send(struct upstream *up, struct txq *q);
 
 /* Take q back from wherever it is attached; no-op when detached. */
 void	upstream_cancel(struct txq *q);
+
+/* A reply from up took rtt_ms: fold it into up's RTT average. */
+void	upstream_note_rtt(struct upstream *up, uint64_t rtt_ms);
 
 /* q timed out on up: count it against up's health. */
 void	upstream_note_timeout(struct upstream *up);
