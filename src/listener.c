@@ -191,15 +191,18 @@ tcp_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
 	struct timeval idle = { TCP_IDLE_SEC, 0 };
 
 	(void)el;
-	if (l->nclients >= TCP_CLIENTS_MAX ||
-	    (tc = calloc(1, sizeof(*tc))) == NULL) {
+	if (l->nclients >= TCP_CLIENTS_MAX) {
 		uint64_t now = (uint64_t)time(NULL);
 
+		/* The oldest connection goes, so a flood cannot lock out. */
 		if (now - l->full_logged >= 10) {
-			log_warnx("%zu TCP clients; refusing more",
-			    l->nclients);
+			log_warnx("%zu TCP clients: closing the oldest to take "
+			    "new ones", l->nclients);
 			l->full_logged = now;
 		}
+		tcp_client_close(TAILQ_FIRST(&l->clients));
+	}
+	if ((tc = calloc(1, sizeof(*tc))) == NULL) {
 		close(fd);
 		return;
 	}

@@ -1,5 +1,5 @@
-"""Fixtures: a session PKI, unbound DoT upstreams on 127.0.0.x and stubborn
-in front of them.  Every process is started here and stopped here by PID,
+"""Fixtures: a session PKI, unbound DoT/DoH upstreams on 127.0.0.x, dnsdist
+and scripted hostile servers, and stubborn in front of them.  Every process is started here and stopped here by PID,
 whatever the test's outcome; when a test fails its processes' logs are
 attached to the report."""
 
@@ -109,15 +109,17 @@ def addresses():
 
 @pytest.fixture
 def upstream(request, unbound_bin, certs, tmp_path, addresses):
-    """Factory: upstream(name, cert="good") starts an unbound DoT server whose
-    who.zone.test marker is `name` (also its stubborn section name)."""
+    """Factory: upstream(name, cert="good", transports=("dot",)) starts an
+    unbound whose who.zone.test marker is `name` (also its stubborn section
+    name), serving DoT, DoH and/or plain DNS; .spec() points at the first."""
     started = []
 
-    def start(name, cert="good"):
+    def start(name, cert="good", transports=("dot",), extra_conf=()):
         u = servers.Unbound(unbound_bin, name, addresses.take(), certs[cert],
-                            tmp_path / f"unbound-{name}")
+                            tmp_path / f"unbound-{name}", transports, extra_conf)
         started.append(u)
-        _attach(request, f"unbound {name} [{cert}] {u.address}", u)
+        ports = " ".join(f"{t}:{p}" for t, p in u.ports.items())
+        _attach(request, f"unbound {name} [{cert}] {u.address} {ports}", u)
         return u.start()
 
     yield start
@@ -179,21 +181,71 @@ def hostile(request, certs, addresses):
 
 
 @pytest.fixture
-def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream, hostile):
-    """Factory: stubborn(specs, **conf options) writes a conf, starts
-    `stubborn run -c CONF -f` and returns once it has logged 'ready'.
-    Teardown sends SIGTERM and requires exit status 0, which is also how a
-    sanitizer build reports leaks."""
-    # Depending on `upstream` and `hostile` makes pytest stop stubborn
-    # before its upstreams.
+def dnsdist(request, certs, tmp_path, addresses):
+    """Factory: dnsdist(name, backend) starts dnsdist as a DoH server in
+    front of `backend`, an unbound serving plain DNS; its .spec() is the
+    DoH [upstream] section.  The binary is looked up only when called, so
+    the rest of the suite does not need it."""
     started = []
 
-    def start(specs, ca_file=None, **kw):
+    def start(name, backend, cert="good"):
+        binary = _tool("dnsdist", "DNSDIST")
+        d = servers.Dnsdist(binary, name, addresses.take(), certs[cert], backend,
+                            tmp_path / f"dnsdist-{name}")
+        started.append(d)
+        _attach(request, f"dnsdist {name} {d.address}:{d.port}", d)
+        return d.start()
+
+    yield start
+    for d in reversed(started):
+        d.stop()
+
+
+@pytest.fixture
+def hostile_h2(request, certs, addresses):
+    """Factory: hostile_h2(script, name="hostile", cert="good", alpn=("h2",),
+    max_streams=None) starts a scripted DoH server (hostile_h2.HostileDoh);
+    its .spec() is the [upstream] section for stubborn."""
+    started = []
+
+    def start(script, name="hostile", cert="good", alpn=("h2",), max_streams=None):
+        # Imported here: only the DoH tests need python3-h2.
+        try:
+            import hostile_h2 as hostile_h2_mod
+        except ImportError as e:
+            pytest.fail(f"the scripted DoH server needs python3-h2: {e}", pytrace=False)
+        h = hostile_h2_mod.HostileDoh(name, addresses.take(), certs[cert], script,
+                                      alpn=alpn, max_streams=max_streams)
+        started.append(h)
+        _attach(request, f"hostile-h2 {name} {h.address}:{h.port}", h)
+        return h.start()
+
+    yield start
+    problems = []
+    for h in reversed(started):
+        problems += h.stop()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream, hostile,
+             dnsdist, hostile_h2):
+    """Factory: stubborn(specs, verbose=False, **conf options) writes a conf,
+    starts `stubborn run -c CONF -f` (with -v when verbose) and returns once
+    it has logged 'ready'.  Teardown sends SIGTERM and requires exit status
+    0, which is also how a sanitizer build reports leaks."""
+    # Depending on the server fixtures makes pytest stop stubborn before
+    # its upstreams.
+    started = []
+
+    def start(specs, ca_file=None, verbose=False, **kw):
         n = len(started)
         listen = ["127.0.0.1"] + (["::1"] if ipv6 else [])
         port = servers.free_port(listen)
         text = servers.stubborn_conf(port, specs, ca_file or certs.root_pem, ipv6, **kw)
-        s = servers.Stubborn(stubborn_bin, tmp_path / f"stubborn-{n}", port, text)
+        s = servers.Stubborn(stubborn_bin, tmp_path / f"stubborn-{n}", port, text,
+                             verbose=verbose)
         started.append(s)
         _attach(request, f"stubborn #{n}", s)
         return s.start()

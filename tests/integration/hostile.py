@@ -122,6 +122,7 @@ class HostileDot:
         self._stop = threading.Event()
         self._lines = []
         self._queries = []
+        self._wires = []
         self._threads = []
         self._listener = None
         self.connections = 0
@@ -143,6 +144,12 @@ class HostileDot:
         the order received."""
         with self._lock:
             return list(self._queries)
+
+    def raw_queries(self):
+        """The bytes of every DNS message received (no length prefix), in
+        order, parsable or not: what the padding and EDNS tests inspect."""
+        with self._lock:
+            return list(self._wires)
 
     def start(self):
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -254,6 +261,8 @@ class HostileDot:
             pass
 
     def _query(self, conn, wire):
+        with self._lock:
+            self._wires.append(wire)
         try:
             query = dns.message.from_wire(wire)
             q = query.question[0]

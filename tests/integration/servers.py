@@ -1,6 +1,6 @@
-"""The processes the suite runs: unbound as a DoT upstream and stubborn
-itself, plus the zone data the upstreams serve so tests can compute the
-answer they expect."""
+"""The processes the suite runs: unbound as a DoT (or DoH, or plain DNS)
+upstream, dnsdist as a second DoH server, and stubborn itself, plus the zone
+data the upstreams serve so tests can compute the answer they expect."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,50 @@ def _terminate(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         return proc.wait(timeout=timeout), True
 
 
+def wait_listening(address, port, deadline, proc, what, log_text, tls=True, alpn=None):
+    """Wait for a listener without asking it anything: a TLS handshake (or
+    a bare TCP connect) proves it is up yet leaves its query log empty, so
+    a test may require zero queries of a server it must refuse."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_text()}")
+        try:
+            with socket.create_connection((address, port), timeout=1) as raw:
+                if not tls:
+                    return
+                with ctx.wrap_socket(raw, server_hostname=pki.HOSTNAME):
+                    return
+        except OSError as e:
+            last = e
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not accept {'TLS' if tls else 'TCP'} on "
+                       f"{address}:{port} within {START_TIMEOUT}s ({last}):\n"
+                       f"{log_text()}")
+
+
+def tcp_connections(address, port):
+    """How many TCP connections to address:port are established now, as
+    the kernel sees them (client ends only), whichever process holds
+    them."""
+    # The kernel prints the address as the network-order word read as a
+    # native integer.
+    raw = int.from_bytes(socket.inet_aton(address), sys.byteorder)
+    want = f"{raw:08X}:{port:04X}"
+    n = 0
+    for line in _read("/proc/net/tcp").splitlines()[1:]:
+        fields = line.split()
+        # fields: sl local remote state ...; 01 is ESTABLISHED.
+        if len(fields) > 3 and fields[2] == want and fields[3] == "01":
+            n += 1
+    return n
+
+
 def _read(path):
     try:
         return Path(path).read_text(errors="replace")
@@ -130,9 +175,14 @@ class UpstreamSpec:
     pins: tuple = ()
     ca_file: object = None
     extra: tuple = ()
+    # "https" makes it a DoH upstream; path "" leaves stubborn's default.
+    scheme: str = "tls"
+    path: str = "/dns-query"
 
     @property
     def url(self):
+        if self.scheme == "https":
+            return f"https://{self.hostname}:{self.port}{self.path}"
         return f"tls://{self.hostname}:{self.port}"
 
     def section(self):
@@ -145,28 +195,50 @@ class UpstreamSpec:
         return "\n".join(lines) + "\n"
 
 
+TRANSPORTS = ("dot", "doh", "plain")
+
+
 class Unbound:
-    """unbound serving the test zone over DoT on its own loopback address."""
+    """unbound serving the test zone on its own loopback address, over DoT,
+    DoH (HTTP/2) or plain DNS, each on a port of its own."""
 
     # One line per query with log-queries: "... info: <ip> <name> <type> IN".
     QUERY_LINE = re.compile(r"\binfo: (\S+) (\S+) (\S+) IN$")
 
-    def __init__(self, binary, name, address, cert, workdir):
+    def __init__(self, binary, name, address, cert, workdir, transports=("dot",),
+                 extra_conf=()):
+        if not transports or set(transports) - set(TRANSPORTS):
+            raise ValueError(f"transports {transports!r}: pick from {TRANSPORTS}")
         self.binary = binary
         self.name = name
         self.address = address
         self.cert = cert
+        self.transports = tuple(transports)
+        # More lines for its server: clause (local-data a test needs).
+        self.extra_conf = tuple(extra_conf)
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "unbound.conf"
         self.log = self.dir / "unbound.log"
         self.stdout = self.dir / "unbound.stdout"
-        self.port = free_port([address])
+        self.ports = {}
+        for t in self.transports:
+            port = free_port([address])
+            while port in self.ports.values():
+                port = free_port([address])
+            self.ports[t] = port
+        # The port a spec points at unless told otherwise: the first listed.
+        self.port = self.ports[self.transports[0]]
         self.proc = None
 
-    def spec(self, pins=(), ca_file=None, hostname=pki.HOSTNAME, extra=()):
-        return UpstreamSpec(self.name, self.address, self.port, hostname,
-                            tuple(pins), ca_file, tuple(extra))
+    def spec(self, pins=(), ca_file=None, hostname=pki.HOSTNAME, extra=(),
+             transport=None, path="/dns-query"):
+        transport = transport or self.transports[0]
+        if transport not in ("dot", "doh") or transport not in self.ports:
+            raise ValueError(f"unbound {self.name} serves no {transport} upstream")
+        return UpstreamSpec(self.name, self.address, self.ports[transport], hostname,
+                            tuple(pins), ca_file, tuple(extra),
+                            "https" if transport == "doh" else "tls", path)
 
     def _config(self):
         lines = [
@@ -181,10 +253,22 @@ class Unbound:
             '  pidfile: ""',
             "  num-threads: 1",
             "  interface-automatic: no",
-            f"  interface: {self.address}@{self.port}",
-            f"  tls-port: {self.port}",
-            f'  tls-service-key: "{self.cert.key_pem}"',
-            f'  tls-service-pem: "{self.cert.chain_pem}"',
+        ]
+        # unbound decides what a listening port speaks by its number: the
+        # tls-port is DoT, the https-port DoH, any other plain DNS.
+        lines += [f"  interface: {self.address}@{p}" for p in self.ports.values()]
+        if "dot" in self.ports:
+            lines.append(f"  tls-port: {self.ports['dot']}")
+        if "doh" in self.ports:
+            lines += [f"  https-port: {self.ports['doh']}",
+                      '  http-endpoint: "/dns-query"',
+                      # More than stubborn's own 100, so that it is the
+                      # client's queueing a test sees, not the server's.
+                      "  http-max-streams: 200"]
+        if "dot" in self.ports or "doh" in self.ports:
+            lines += [f'  tls-service-key: "{self.cert.key_pem}"',
+                      f'  tls-service-pem: "{self.cert.chain_pem}"']
+        lines += [
             "  access-control: 127.0.0.0/8 allow",
             # The default of 10 would make the concurrency tests measure
             # unbound's limit rather than stubborn.
@@ -207,40 +291,25 @@ class Unbound:
             lines.append(f"  local-data: '{BIG} 300 IN TXT \"{big_txt(i)}\"'")
         lines.append(f'  local-zone: "{WHO}" redirect')
         lines.append(f"  local-data: '{WHO} 300 IN TXT \"{self.name}\"'")
+        lines += [f"  {line}" for line in self.extra_conf]
         return "\n".join(lines) + "\n"
 
     def start(self):
+        """Start it; again after kill() it comes back on the same ports."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"unbound {self.name} is already running")
         self.conf.write_text(self._config())
-        with open(self.stdout, "wb") as out:
+        with open(self.stdout, "ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary, "-d", "-c", str(self.conf)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_tls()
-        return self
-
-    def _wait_tls(self):
-        # A bare handshake proves the TLS listener is up without sending a
-        # query, so queries_seen() stays at zero for the rogue servers.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         deadline = time.monotonic() + START_TIMEOUT
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"unbound {self.name} exited with {self.proc.returncode}:\n"
-                    f"{self.log_text()}")
-            try:
-                with socket.create_connection((self.address, self.port), timeout=1) as raw:
-                    with ctx.wrap_socket(raw, server_hostname=pki.HOSTNAME):
-                        return
-            except OSError as e:
-                last = e
-                time.sleep(0.05)
-        raise RuntimeError(f"unbound {self.name} did not accept TLS on "
-                           f"{self.address}:{self.port} within {START_TIMEOUT}s "
-                           f"({last}):\n{self.log_text()}")
+        for transport, port in self.ports.items():
+            wait_listening(self.address, port, deadline, self.proc,
+                           f"unbound {self.name}", self.log_text,
+                           tls=transport != "plain",
+                           alpn=["h2"] if transport == "doh" else None)
+        return self
 
     def queries(self):
         """(client, name, type) of every query unbound has received."""
@@ -267,13 +336,95 @@ class Unbound:
         return _read(self.log) + _read(self.stdout)
 
 
+class Dnsdist:
+    """dnsdist as a second, independent DoH server implementation: its DoH
+    front end forwards in plain DNS to an unbound (which holds the zone),
+    so the who.zone.test marker names that unbound.  Every query dnsdist
+    receives is logged with the message ID it carried on the wire."""
+
+    # LogAction's line: "Packet from 127.0.0.1:40312 for n1.zone.test. A with id 0"
+    QUERY_LINE = re.compile(r"^Packet from (\S+) for (\S+) (\S+) with id (\d+)$")
+    # Its health checks ask this, which the backend's log then shows too.
+    CHECK_NAME = "a." + ZONE
+
+    def __init__(self, binary, name, address, cert, backend, workdir):
+        self.binary = binary
+        self.name = name
+        self.address = address
+        self.cert = cert
+        self.backend = backend
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "dnsdist.conf"
+        self.stdout = self.dir / "dnsdist.stdout"
+        self.querylog = self.dir / "queries.log"
+        self.port = free_port([address])
+        # Without setLocal it would listen on port 53 as well.
+        self.plain_port = free_port([address])
+        while self.plain_port == self.port:
+            self.plain_port = free_port([address])
+        self.proc = None
+
+    def spec(self, pins=(), path="/dns-query"):
+        return UpstreamSpec(self.name, self.address, self.port, pki.HOSTNAME,
+                            tuple(pins), scheme="https", path=path)
+
+    def _config(self):
+        backend = f"{self.backend.address}:{self.backend.ports['plain']}"
+        return "\n".join([
+            # No security-status queries to the outside world.
+            "setSecurityPollSuffix('')",
+            f"setLocal('{self.address}:{self.plain_port}')",
+            f"addDOHLocal('{self.address}:{self.port}', '{self.cert.chain_pem}', "
+            f"'{self.cert.key_pem}', '/dns-query')",
+            # Its own source address, so the backend's log tells dnsdist's
+            # queries from anybody else's.
+            f"newServer({{ address = '{backend}', name = 'backend', "
+            f"checkName = '{self.CHECK_NAME}', source = '{self.address}' }})",
+            # Unbuffered, appended: readable while it runs.
+            f"addAction(AllRule(), LogAction('{self.querylog}', false, true, false))",
+        ]) + "\n"
+
+    def start(self):
+        self.conf.write_text(self._config())
+        with open(self.stdout, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "--supervised", "--disable-syslog", "-C", str(self.conf)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self.address, self.port, time.monotonic() + START_TIMEOUT,
+                       self.proc, f"dnsdist {self.name}", self.log_text, alpn=["h2"])
+        # It checks its backend once before it opens any listener: by now
+        # the verdict is in its log.
+        if "as 'up'" not in self.log_text():
+            raise RuntimeError(f"dnsdist {self.name}: backend {self.backend.name} "
+                               f"not up:\n{self.log_text()}")
+        return self
+
+    def queries(self):
+        """(client address:port, name, type, wire ID) of every query."""
+        found = []
+        for line in _read(self.querylog).splitlines():
+            m = self.QUERY_LINE.match(line.strip())
+            if m:
+                found.append(m.groups()[:3] + (int(m.group(4)),))
+        return found
+
+    def stop(self):
+        if self.proc is not None:
+            _terminate(self.proc)
+
+    def log_text(self):
+        return _read(self.stdout) + "--- query log\n" + _read(self.querylog)
+
+
 class Stubborn:
     """The binary under test, run in the foreground with its log captured."""
 
     READY = re.compile(r"\bready\b")
 
-    def __init__(self, binary, workdir, port, conf_text):
+    def __init__(self, binary, workdir, port, conf_text, verbose=False):
         self.binary = binary
+        self.verbose = verbose
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -287,7 +438,8 @@ class Stubborn:
     def start(self):
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [self.binary, "run", "-c", str(self.conf), "-f"],
+                [self.binary, "run", "-c", str(self.conf), "-f"]
+                + (["-v"] if self.verbose else []),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -333,7 +485,7 @@ class Stubborn:
 
 
 def stubborn_conf(port, upstreams, ca_file, listen_v6, allow=None,
-                  quarantine=3600, server_extra=(), trust_extra=()):
+                  quarantine=3600, server_extra=(), trust_extra=(), cache_extra=()):
     lines = ["[server]", f"listen = 127.0.0.1:{port}"]
     if listen_v6:
         lines.append(f"listen = [::1]:{port}")
@@ -346,6 +498,8 @@ def stubborn_conf(port, upstreams, ca_file, listen_v6, allow=None,
               # CT enforcement (the default) lands.
               "ct = off"]
     lines += list(trust_extra)
+    if cache_extra:
+        lines += ["", "[cache]"] + list(cache_extra)
     text = "\n".join(lines) + "\n"
     for u in upstreams:
         text += "\n" + u.section()
