@@ -212,53 +212,168 @@ dnsmsg_upstream_query(const uint8_t *query, const struct dnsmsg_info *info,
 	return n + 6 + pad;
 }
 
-size_t
-dnsmsg_strip_opt(uint8_t *msg, size_t len)
+bool
+dnsmsg_rr_first(struct dnsmsg_rr_iter *it, const uint8_t *msg, size_t len)
 {
-	unsigned before, ar, i;
-	size_t off, start;
 	long end;
 
-	if (len < DNSMSG_HDR_LEN || (ar = get16(msg + 10)) == 0 ||
-	    get16(msg + 4) != 1)
-		return len;
-	before = (unsigned)get16(msg + 6) + get16(msg + 8);
-	if ((end = dnsmsg_skip_name(msg, len, DNSMSG_HDR_LEN)) < 0)
-		return len;
-	off = (size_t)end + 4;
-	for (i = 0; i < before + ar; i++) {
-		start = off;
-		if ((end = dnsmsg_skip_name(msg, len, off)) < 0 ||
-		    (size_t)end + 10 > len)
-			return len;
-		off = (size_t)end + 10 + get16(msg + end + 8);
-		if (off > len)
-			return len;
-		/*
-		 * Only a last OPT is cut (the usual place): records after it
-		 * could be named by compression pointers into them.
-		 */
-		if (i >= before && get16(msg + end) == DNS_TYPE_OPT &&
-		    off == len) {
-			put16(msg + 10, (uint16_t)(ar - 1));
-			return start;
+	memset(it, 0, sizeof(*it));
+	if (len < DNSMSG_HDR_LEN || get16(msg + 4) != 1 ||
+	    (end = dnsmsg_skip_name(msg, len, DNSMSG_HDR_LEN)) < 0 ||
+	    (size_t)end + 4 > len)
+		return false;
+	it->msg = msg;
+	it->len = len;
+	it->off = (size_t)end + 4;
+	it->n[0] = get16(msg + 6);
+	it->n[1] = get16(msg + 8);
+	it->n[2] = get16(msg + 10);
+	return true;
+}
+
+bool
+dnsmsg_rr_next(struct dnsmsg_rr_iter *it, struct dnsmsg_rr *rr)
+{
+	const uint8_t *m = it->msg;
+	long end;
+
+	if (m == NULL || it->i >= it->n[0] + it->n[1] + it->n[2])
+		return false;
+	rr->start = it->off;
+	if ((end = dnsmsg_skip_name(m, it->len, it->off)) < 0 ||
+	    (size_t)end + 10 > it->len ||
+	    (size_t)end + 10 + get16(m + end + 8) > it->len) {
+		it->broken = true;
+		return false;
+	}
+	rr->type_off = (size_t)end;
+	rr->type = get16(m + end);
+	rr->ttl = (uint32_t)get16(m + end + 4) << 16 | get16(m + end + 6);
+	rr->end = (size_t)end + 10 + get16(m + end + 8);
+	rr->section = it->i < it->n[0] ? 0 : it->i < it->n[0] + it->n[1] ?
+	    1 : 2;
+	it->off = rr->end;
+	it->i++;
+	return true;
+}
+
+void
+dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max)
+{
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr;
+
+	if (!dnsmsg_rr_first(&it, msg, len))
+		return;
+	while (dnsmsg_rr_next(&it, &rr)) {
+		if (rr.type != DNS_TYPE_OPT && rr.ttl > max) {
+			put16(msg + rr.type_off + 4, (uint16_t)(max >> 16));
+			put16(msg + rr.type_off + 6, (uint16_t)max);
 		}
 	}
-	return len;
+}
+
+/*
+ * The response without its OPT record wherever it is: re-rendered by
+ * ldns, which compresses anew, since records after it may be named by
+ * pointers into them.  Returns the new length, 0 on failure.
+ */
+static size_t
+drop_opt_slowly(uint8_t *msg, size_t len, size_t maxlen)
+{
+	ldns_pkt *pkt = NULL;
+	ldns_rdf *opts;
+	uint8_t *wire = NULL;
+	size_t n = 0;
+
+	if (ldns_wire2pkt(&pkt, msg, len) != LDNS_STATUS_OK)
+		return 0;
+	opts = ldns_pkt_edns_data(pkt);
+	ldns_pkt_set_edns_udp_size(pkt, 0);
+	ldns_pkt_set_edns_extended_rcode(pkt, 0);
+	ldns_pkt_set_edns_version(pkt, 0);
+	ldns_pkt_set_edns_z(pkt, 0);
+	ldns_pkt_set_edns_data(pkt, NULL);
+	ldns_rdf_deep_free(opts);
+	/* ldns has no setter; the field is in its public struct. */
+	pkt->_edns_present = 0;
+	if (ldns_pkt2wire(&wire, pkt, &n) != LDNS_STATUS_OK || n > maxlen)
+		n = 0;
+	else
+		memcpy(msg, wire, n);
+	free(wire);
+	ldns_pkt_free(pkt);
+	return n;
+}
+
+size_t
+dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
+{
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr, opt = { 0 };
+	bool found = false;
+	size_t n;
+
+	if (!dnsmsg_rr_first(&it, msg, len))
+		return len;
+	while (dnsmsg_rr_next(&it, &rr)) {
+		if (rr.section == 2 && rr.type == DNS_TYPE_OPT) {
+			opt = rr;
+			found = true;
+		}
+	}
+	if (it.broken)
+		return len;
+	if (found) {
+		if (opt.end == len) {
+			len = opt.start;
+			put16(msg + 10, (uint16_t)(get16(msg + 10) - 1));
+		} else if ((n = drop_opt_slowly(msg, len, maxlen)) > 0)
+			len = n;
+		else
+			return len;	/* leave it as it came */
+	}
+	if (!edns || len + 11 > maxlen)
+		return len;
+	msg[len] = 0;
+	put16(msg + len + 1, DNS_TYPE_OPT);
+	put16(msg + len + 3, DNSMSG_EDNS_SIZE);
+	/* Extended RCODE kept, version 0, only the DO flag. */
+	msg[len + 5] = found ? (uint8_t)(opt.ttl >> 24) : 0;
+	msg[len + 6] = 0;
+	put16(msg + len + 7, found ? (uint16_t)(opt.ttl & DNS_EDNS_DO) : 0);
+	put16(msg + len + 9, 0);
+	put16(msg + 10, (uint16_t)(get16(msg + 10) + 1));
+	return len + 11;
 }
 
 size_t
 dnsmsg_truncate(uint8_t *msg, size_t len, size_t max)
 {
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr;
+	uint8_t opt[11];
+	bool has_opt = false;
+	size_t keep = DNSMSG_HDR_LEN;
 	long end;
-	size_t keep;
 
 	if (len <= max || len < DNSMSG_HDR_LEN)
 		return len;
-	keep = DNSMSG_HDR_LEN;
+	/* RFC 6891 7: the OPT record stays in a truncated response. */
+	if (dnsmsg_rr_first(&it, msg, len)) {
+		while (dnsmsg_rr_next(&it, &rr)) {
+			if (rr.section == 2 && rr.type == DNS_TYPE_OPT &&
+			    rr.type_off == rr.start + 1) {
+				memcpy(opt, msg + rr.start, sizeof(opt));
+				put16(opt + 9, 0);	/* without options */
+				has_opt = true;
+			}
+		}
+	}
 	if (get16(msg + 4) == 1) {
 		end = dnsmsg_skip_name(msg, len, DNSMSG_HDR_LEN);
-		if (end > 0 && (size_t)end + 4 <= len && (size_t)end + 4 <= max)
+		if (end > 0 && (size_t)end + 4 <= len &&
+		    (size_t)end + 4 + (has_opt ? sizeof(opt) : 0) <= max)
 			keep = (size_t)end + 4;
 	}
 	msg[2] |= DNS_FLAG_TC;
@@ -266,6 +381,11 @@ dnsmsg_truncate(uint8_t *msg, size_t len, size_t max)
 	put16(msg + 6, 0);
 	put16(msg + 8, 0);
 	put16(msg + 10, 0);
+	if (has_opt && keep + sizeof(opt) <= max) {
+		memcpy(msg + keep, opt, sizeof(opt));
+		keep += sizeof(opt);
+		put16(msg + 10, 1);
+	}
 	return keep;
 }
 

@@ -375,12 +375,29 @@ submit(struct doh_conn *dc, struct txq *q)
 	evtimer_del(dc->c.timer);
 }
 
+/* HTTP/1.1 would be a downgrade, not an alternative. */
+static bool
+speaks_h2(struct conn *c)
+{
+	const unsigned char *proto = NULL;
+	unsigned len = 0;
+
+	SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(c->bev), &proto,
+	    &len);
+	if (len == 2 && memcmp(proto, "h2", 2) == 0)
+		return true;
+	snprintf(c->why, sizeof(c->why), "the server did not agree to HTTP/2 "
+	    "(ALPN h2)");
+	return false;
+}
+
 static const struct conn_io doh_io = {
 	.alpn = alpn_h2,
 	.alpn_len = sizeof(alpn_h2),
 	.read = doh_read_cb,
 	.event = doh_event_cb,
 	.timo = doh_timo,
+	.usable = speaks_h2,
 };
 
 /* The handshake is done and the gate passed: start HTTP/2. */
@@ -391,21 +408,8 @@ start_h2(struct doh_conn *dc)
 		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100 },
 	};
-	const unsigned char *proto = NULL;
-	unsigned len = 0;
 	struct txq *q;
 
-	SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(dc->c.bev), &proto,
-	    &len);
-	if (len != 2 || memcmp(proto, "h2", 2) != 0) {
-		/* HTTP/1.1 would be a downgrade, not an alternative. */
-		snprintf(dc->c.why, sizeof(dc->c.why), "the server did not "
-		    "agree to HTTP/2 (ALPN h2)");
-		log_warnx("upstream %s: %s: %s", dc->c.up->conf->name,
-		    dc->c.addrstr, dc->c.why);
-		doh_fail(dc, CONN_FAILED);
-		return;
-	}
 	if (nghttp2_session_client_new(&dc->h2, callbacks(), dc) != 0 ||
 	    nghttp2_submit_settings(dc->h2, NGHTTP2_FLAG_NONE, settings,
 	    sizeof(settings) / sizeof(settings[0])) != 0) {
@@ -430,7 +434,7 @@ doh_event_cb(struct bufferevent *bev, short events, void *arg)
 	enum conn_outcome o;
 
 	if (events & BEV_EVENT_CONNECTED) {
-		if (!conn_ready(&dc->c, &o)) {
+		if (!conn_ready(&dc->c, &doh_io, &o)) {
 			doh_fail(dc, o);
 			return;
 		}

@@ -155,7 +155,7 @@ dot_event_cb(struct bufferevent *bev, short events, void *arg)
 	enum conn_outcome o;
 
 	if (events & BEV_EVENT_CONNECTED) {
-		if (!conn_ready(&dc->c, &o)) {
+		if (!conn_ready(&dc->c, &dot_io, &o)) {
 			dot_fail(dc, o);
 			return;
 		}

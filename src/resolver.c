@@ -52,6 +52,7 @@ struct resolver {
 	struct event_base	*base;
 	struct upstream_pool	*pool;
 	struct cache		*cache;
+	uint32_t		 max_ttl;
 	TAILQ_HEAD(, query)	 queries;	/* oldest first */
 	size_t			 nqueries;
 	struct query		*inflight[INFLIGHT_BUCKETS];
@@ -65,14 +66,13 @@ static void
 deliver(const struct client *c, const struct dnsmsg_info *info,
     const uint8_t *qname, const uint8_t *answer, size_t len)
 {
-	static uint8_t buf[DNSMSG_MAX_LEN];
+	static uint8_t buf[DNSMSG_MAX_LEN + 11];
 
 	memcpy(buf, answer, len);
 	dnsmsg_set_id(buf, info->id);
 	/* Same name but for case: the client sees its own spelling (0x20). */
 	memcpy(buf + DNSMSG_HDR_LEN, qname, info->qend - DNSMSG_HDR_LEN - 4);
-	if (!info->edns)
-		len = dnsmsg_strip_opt(buf, len);
+	len = dnsmsg_client_opt(buf, len, sizeof(buf), info->edns);
 	listener_answer(c, buf, len, info->udp_size);
 }
 
@@ -144,13 +144,21 @@ answer_failure(struct query *q)
 static void
 reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 {
+	static uint8_t buf[DNSMSG_MAX_LEN + 11];
 	struct query *q = (struct query *)tx;
 	uint64_t now = upstream_now_ms();
 
 	(void)arg;
 	upstream_note_rtt(q->up, now - q->sent_ms);
-	cache_store(q->r->cache, &q->key, msg, len, now);
-	answer_all(q, msg, len);
+	/*
+	 * One form for the cache and every client: TTLs within max-ttl, and
+	 * only our own OPT, last (each client then keeps or drops it).
+	 */
+	memcpy(buf, msg, len);
+	dnsmsg_clamp_ttl(buf, len, q->r->max_ttl);
+	len = dnsmsg_client_opt(buf, len, sizeof(buf), true);
+	cache_store(q->r->cache, &q->key, buf, len, now);
+	answer_all(q, buf, len);
 }
 
 static void
@@ -219,6 +227,7 @@ resolver_new(struct event_base *base, const struct config *cfg,
 		return NULL;
 	}
 	r->base = base;
+	r->max_ttl = (uint32_t)cfg->cache_max_ttl;
 	TAILQ_INIT(&r->queries);
 	cbs.arg = r;
 	r->cache = cache_new((size_t)cfg->cache_size,

@@ -96,7 +96,8 @@ conn_retry(struct conn *c, const struct conn_io *io,
 }
 
 bool
-conn_ready(struct conn *c, enum conn_outcome *outcome)
+conn_ready(struct conn *c, const struct conn_io *io,
+    enum conn_outcome *outcome)
 {
 	enum conn_outcome o = upstream_gate_outcome(&c->gate);
 
@@ -104,6 +105,13 @@ conn_ready(struct conn *c, enum conn_outcome *outcome)
 	if (o == CONN_FAILED)
 		snprintf(c->why, sizeof(c->why),
 		    "handshake finished without the trust gate");
+	if (o != CONN_FAILED && o != CONN_INCIDENT && io->usable != NULL &&
+	    !io->usable(c)) {
+		/* Refused before READY, so its backoff grows like any failure. */
+		log_warnx("upstream %s: %s: %s", c->up->conf->name, c->addrstr,
+		    c->why);
+		o = CONN_FAILED;
+	}
 	if (o == CONN_FAILED || o == CONN_INCIDENT) {
 		*outcome = o;
 		return false;

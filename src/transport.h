@@ -81,6 +81,8 @@ struct conn_io {
 	bufferevent_data_cb	 read;
 	bufferevent_event_cb	 event;
 	event_callback_fn	 timo;
+	/* After the gate passed: may the conn be used?  (sets why) */
+	bool			(*usable)(struct conn *);
 };
 
 /*
@@ -104,7 +106,8 @@ bool	conn_retry(struct conn *c, const struct conn_io *io,
  * The handshake finished: judge it with the gate.  true: READY (reported
  * to the pool, timer stopped); false with *outcome to fail the conn with.
  */
-bool	conn_ready(struct conn *c, enum conn_outcome *outcome);
+bool	conn_ready(struct conn *c, const struct conn_io *io,
+	    enum conn_outcome *outcome);
 
 /* Arm c's timer in ms. */
 void	conn_timer(struct conn *c, long ms);

@@ -93,11 +93,47 @@ size_t	dnsmsg_truncate(uint8_t *msg, size_t len, size_t max);
 size_t	dnsmsg_upstream_query(const uint8_t *query,
 	    const struct dnsmsg_info *info, uint8_t *out);
 
+/* One resource record, as dnsmsg_rr_next finds it. */
+struct dnsmsg_rr {
+	size_t		start;		/* owner name */
+	size_t		type_off;	/* TYPE; TTL at +4, RDLENGTH at +8 */
+	size_t		end;		/* just past RDATA */
+	uint16_t	type;
+	uint32_t	ttl;
+	int		section;	/* 0 answer, 1 authority, 2 additional */
+};
+
+/* Walks the records after a message's single question. */
+struct dnsmsg_rr_iter {
+	const uint8_t	*msg;
+	size_t		 len;
+	size_t		 off;
+	unsigned	 i;
+	unsigned	 n[3];
+	bool		 broken;	/* stopped on a malformed record */
+};
+
+/* Start at the first record; false when the question does not parse. */
+bool	dnsmsg_rr_first(struct dnsmsg_rr_iter *it, const uint8_t *msg,
+	    size_t len);
+
+/* The next record into *rr; false at the end (or it->broken). */
+bool	dnsmsg_rr_next(struct dnsmsg_rr_iter *it, struct dnsmsg_rr *rr);
+
+/* Lower every TTL above max to max (OPT's is not a TTL). */
+void	dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max);
+
+#define DNSMSG_EDNS_SIZE	1232	/* what we advertise (RFC 9715) */
+
 /*
- * Remove the OPT record from a response (len bytes, modified) for a
- * client that sent none.  Returns the new length.
+ * Give a response (len bytes, room for maxlen) the EDNS its client should
+ * see: none when the client sent no OPT; else one OPT of ours, last, with
+ * the response's extended RCODE and DO bit and no options, so what an
+ * upstream added (Client Subnet, padding, cookies) stays behind.  Returns
+ * the new length.
  */
-size_t	dnsmsg_strip_opt(uint8_t *msg, size_t len);
+size_t	dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen,
+	    bool edns);
 
 /* The response code of a message of at least DNSMSG_HDR_LEN bytes. */
 int	dnsmsg_rcode(const uint8_t *msg);

@@ -305,10 +305,18 @@ padding_and_opt(void **state)
 		dnsmsg_parse_query(up, n, &uinfo);
 		assert_false(uinfo.do_bit);
 
-		/* An answer carrying that OPT last loses it for such clients. */
+		/* An answer carrying that OPT loses it for such clients... */
 		up[2] |= 0x80;
-		assert_int_equal(dnsmsg_strip_opt(up, n), ql);
+		assert_int_equal(dnsmsg_client_opt(up, n, sizeof(up), false), ql);
 		assert_int_equal(up[11], 0);
+		/* ...and EDNS clients get a bare OPT of ours, options gone. */
+		n = dnsmsg_upstream_query(q, &info, up);
+		up[2] |= 0x80;
+		assert_int_equal(dnsmsg_client_opt(up, n, sizeof(up), true),
+		    ql + 11);
+		assert_int_equal(up[11], 1);
+		assert_int_equal(up[ql + 1] << 8 | up[ql + 2], 41);
+		assert_int_equal(up[ql + 9] << 8 | up[ql + 10], 0);
 	}
 }
 

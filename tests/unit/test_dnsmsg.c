@@ -233,6 +233,83 @@ truncation(void **state)
 	assert_true(dnsmsg_reply_matches(r, n, query_a, QUERY_A_QEND));
 }
 
+/* A response to query_a: one A record, OPT (with an option), one glue. */
+static size_t
+response_opt_first(uint8_t *m)
+{
+	static const uint8_t rest[] = {
+		0xc0, 12, 0, 1, 0, 1, 0, 0, 0x01, 0x2c, 0, 4, 192, 0, 2, 1,
+		0, 0, 41, 0x10, 0, 0x01, 0, 0x80, 0, 0, 8, 0, 8, 0, 4, 0, 1,
+		24, 0,
+		1, 'n', 0xc0, 16, 0, 1, 0, 1, 0, 0, 0x01, 0x2c, 0, 4, 192, 0,
+		2, 53,
+	};
+	size_t n = sizeof(query_a);
+
+	memcpy(m, query_a, n);
+	m[2] |= 0x80;
+	m[7] = 1;
+	m[11] = 2;
+	memcpy(m + n, rest, sizeof(rest));
+	return n + sizeof(rest);
+}
+
+static void
+client_opt(void **state)
+{
+	uint8_t m[512];
+	size_t n = response_opt_first(m), k;
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr;
+	int opts = 0, glue = 0;
+
+	(void)state;
+	/* OPT before the glue: cut out anyway, the glue's name intact. */
+	k = dnsmsg_client_opt(m, n, sizeof(m), false);
+	assert_true(k < n);
+	assert_int_equal(m[11], 1);
+	assert_true(dnsmsg_rr_first(&it, m, k));
+	while (dnsmsg_rr_next(&it, &rr)) {
+		opts += rr.type == 41;
+		glue += rr.section == 2 && rr.type == 1;
+	}
+	assert_false(it.broken);
+	assert_int_equal(opts, 0);
+	assert_int_equal(glue, 1);
+	/* For an EDNS client: one bare OPT, last, extended RCODE and DO. */
+	n = response_opt_first(m);
+	k = dnsmsg_client_opt(m, n, sizeof(m), true);
+	assert_int_equal(m[11], 2);
+	assert_int_equal(m[k - 11], 0);
+	assert_int_equal(m[k - 10] << 8 | m[k - 9], 41);
+	assert_int_equal(m[k - 6], 1);		/* extended RCODE */
+	assert_int_equal(m[k - 4], 0x80);	/* DO */
+	assert_int_equal(m[k - 2] << 8 | m[k - 1], 0);	/* no options */
+}
+
+static void
+ttl_clamp_and_truncation_keep_opt(void **state)
+{
+	uint8_t m[512];
+	size_t n = response_opt_first(m);
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr;
+
+	(void)state;
+	n = dnsmsg_client_opt(m, n, sizeof(m), true);
+	dnsmsg_clamp_ttl(m, n, 10);
+	assert_true(dnsmsg_rr_first(&it, m, n));
+	while (dnsmsg_rr_next(&it, &rr))
+		if (rr.type != 41)
+			assert_int_equal(rr.ttl, 10);
+	/* Truncated for a small buffer: question and OPT stay. */
+	n = dnsmsg_truncate(m, n, sizeof(query_a) + 11);
+	assert_int_equal(n, sizeof(query_a) + 11);
+	assert_true(m[2] & 0x02);
+	assert_int_equal(m[11], 1);
+	assert_int_equal(m[n - 10] << 8 | m[n - 9], 41);
+}
+
 static void
 skip_name(void **state)
 {
@@ -271,6 +348,8 @@ main(void)
 		cmocka_unit_test(error_reply),
 		cmocka_unit_test(reply_matching),
 		cmocka_unit_test(truncation),
+		cmocka_unit_test(client_opt),
+		cmocka_unit_test(ttl_clamp_and_truncation_keep_opt),
 		cmocka_unit_test(skip_name),
 		cmocka_unit_test(qname_text),
 	};
