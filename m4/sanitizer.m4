@@ -22,3 +22,28 @@ AS_IF([test "x$with_sanitizer" != xno], [
 ])
 AC_SUBST([SANITIZER_CFLAGS])
 ])
+
+# STUBBORN_FUZZER: --with-fuzzer builds tests/fuzz as libFuzzer binaries
+# (clang; with ASan and UBSan).  Without it the same targets link a replay
+# main that `make check` runs over their seed corpora.
+AC_DEFUN([STUBBORN_FUZZER], [
+AC_ARG_WITH([fuzzer],
+    [AS_HELP_STRING([--with-fuzzer], [build libFuzzer targets (needs clang)])],
+    [], [with_fuzzer=no])
+FUZZER_CFLAGS=
+FUZZER_LDFLAGS=
+AS_IF([test "x$with_fuzzer" != xno], [
+    FUZZER_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer"
+    FUZZER_LDFLAGS="-fsanitize=fuzzer,address,undefined"
+    save_CFLAGS=$CFLAGS
+    CFLAGS="$CFLAGS $FUZZER_CFLAGS"
+    AC_MSG_CHECKING([whether $CC builds libFuzzer targets])
+    AC_COMPILE_IFELSE([AC_LANG_PROGRAM([], [])], [AC_MSG_RESULT([yes])],
+        [AC_MSG_RESULT([no])
+         AC_MSG_ERROR([--with-fuzzer needs clang with libFuzzer (CC=clang)])])
+    CFLAGS=$save_CFLAGS
+])
+AC_SUBST([FUZZER_CFLAGS])
+AC_SUBST([FUZZER_LDFLAGS])
+AM_CONDITIONAL([FUZZER], [test "x$with_fuzzer" != xno])
+])

@@ -12,16 +12,24 @@
 #define TTLS_MAX	256	/* RRs of one answer whose TTLs are aged */
 #define BUCKETS_MAX	(1u << 20)
 
+/*
+ * One allocation per answer: this header, the TTL offsets, the key's
+ * name and the wire (a full struct cache_key would cost 255 bytes each).
+ */
 struct entry {
 	struct entry		*hnext;
 	TAILQ_ENTRY(entry)	 lru;
-	struct cache_key	 key;
 	uint64_t		 stored_ms;
+	uint32_t		 hash;
 	uint32_t		 ttl;		/* clamped lifetime */
+	uint16_t		 qtype;
+	uint16_t		 qclass;
 	uint16_t		 nttl;
 	uint16_t		 len;
-	uint16_t		*ttl_off;	/* where each RR's TTL is */
-	uint8_t			*wire;
+	uint8_t			 flags;
+	uint8_t			 namelen;
+	uint16_t		 ttl_off[];	/* where each RR's TTL is */
+	/* then the name (namelen bytes), then the wire (len bytes) */
 };
 
 struct cache {
@@ -119,12 +127,33 @@ cache_new(size_t max_entries, uint32_t max_ttl, uint32_t serve_stale)
 	return c;
 }
 
+static inline uint8_t *
+entry_name(struct entry *e)
+{
+	return (uint8_t *)(e->ttl_off + e->nttl);
+}
+
+static inline uint8_t *
+entry_wire(struct entry *e)
+{
+	return entry_name(e) + e->namelen;
+}
+
+static bool
+entry_is(struct entry *e, const struct cache_key *k)
+{
+	return e->hash == k->hash && e->namelen == k->namelen &&
+	    e->qtype == k->qtype && e->qclass == k->qclass &&
+	    e->flags == k->flags &&
+	    memcmp(entry_name(e), k->name, k->namelen) == 0;
+}
+
 static void
 entry_drop(struct cache *c, struct entry *e)
 {
 	struct entry **pp;
 
-	for (pp = &c->buckets[e->key.hash & c->mask]; *pp != NULL;
+	for (pp = &c->buckets[e->hash & c->mask]; *pp != NULL;
 	    pp = &(*pp)->hnext) {
 		if (*pp == e) {
 			*pp = e->hnext;
@@ -161,7 +190,7 @@ find(struct cache *c, const struct cache_key *k)
 	struct entry *e;
 
 	for (e = c->buckets[k->hash & c->mask]; e != NULL; e = e->hnext)
-		if (cache_key_equal(&e->key, k))
+		if (entry_is(e, k))
 			return e;
 	return NULL;
 }
@@ -249,18 +278,21 @@ cache_store(struct cache *c, const struct cache_key *k,
 		entry_drop(c, e);
 	while (c->count >= c->max)
 		entry_drop(c, TAILQ_LAST(&c->lru, entry_lru_head));
-	e = malloc(sizeof(*e) + noff * sizeof(uint16_t) + len);
+	e = malloc(sizeof(*e) + noff * sizeof(uint16_t) + k->namelen + len);
 	if (e == NULL)
 		return false;
-	e->key = *k;
+	e->hash = k->hash;
+	e->qtype = k->qtype;
+	e->qclass = k->qclass;
+	e->flags = k->flags;
+	e->namelen = k->namelen;
 	e->stored_ms = now_ms;
 	e->ttl = ttl;
 	e->nttl = noff;
 	e->len = (uint16_t)len;
-	e->ttl_off = (uint16_t *)(e + 1);
-	e->wire = (uint8_t *)(e->ttl_off + noff);
 	memcpy(e->ttl_off, off, noff * sizeof(uint16_t));
-	memcpy(e->wire, answer, len);
+	memcpy(entry_name(e), k->name, k->namelen);
+	memcpy(entry_wire(e), answer, len);
 	e->hnext = c->buckets[k->hash & c->mask];
 	c->buckets[k->hash & c->mask] = e;
 	TAILQ_INSERT_HEAD(&c->lru, e, lru);
@@ -285,7 +317,7 @@ cache_lookup(struct cache *c, const struct cache_key *k, uint64_t now_ms,
 	}
 	if ((age >= e->ttl && !stale) || e->len > outsz)
 		return 0;
-	memcpy(out, e->wire, e->len);
+	memcpy(out, entry_wire(e), e->len);
 	for (i = 0; i < e->nttl; i++) {
 		uint8_t *p = out + e->ttl_off[i];
 		uint32_t ttl = get32(p);
