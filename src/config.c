@@ -769,8 +769,7 @@ static const struct item items[] = {
 	{ SEC_SERVER, "user", p_user, false, NULL },
 	{ SEC_SERVER, "strategy", p_strategy, false, NULL },
 	{ SEC_SERVER, "state-dir", p_state_dir, false, NULL },
-	{ SEC_SERVER, "metrics", p_metrics, false,
-	    "metrics are not served yet" },
+	{ SEC_SERVER, "metrics", p_metrics, false, NULL },
 	{ SEC_CACHE, "size", p_cache_size, false, NULL },
 	{ SEC_CACHE, "max-ttl", p_max_ttl, false, NULL },
 	{ SEC_CACHE, "serve-stale", p_serve_stale, false, NULL },
@@ -1135,7 +1134,7 @@ config_print(const struct config *cfg, FILE *out)
 	}
 	/* Keys this version accepts but does not act on are shown as such. */
 	fprintf(out, "\nuser = %s\nstrategy = %s\nstate-dir = %s\n"
-	    "; not in effect yet: metrics = %s\n",
+	    "metrics = %s\n",
 	    cfg->user ? cfg->user : "", strategy_str[cfg->strategy],
 	    cfg->state_dir ? cfg->state_dir : "",
 	    cfg->metrics ? config_addr_str(cfg->metrics, buf, sizeof(buf)) : "");

@@ -15,6 +15,7 @@
 #include "stubborn/dnsmsg.h"
 #include "stubborn/listener.h"
 #include "stubborn/log.h"
+#include "stubborn/metrics.h"
 #include "stubborn/resolver.h"
 
 #define UDP_BATCH		64	/* datagrams read per wake-up */
@@ -72,13 +73,17 @@ handle_query(struct listener *l, const struct client *c, bool ok,
 	size_t n;
 	int rcode;
 
+	metrics_inc(c->tc != NULL ? M_QUERIES_TCP : M_QUERIES_UDP);
 	switch (dnsmsg_parse_query(msg, len, &info)) {
 	case DNSMSG_DROP:
+		metrics_inc(M_MALFORMED);
 		return;
 	case DNSMSG_FORMERR:
+		metrics_inc(M_MALFORMED);
 		rcode = DNS_RCODE_FORMERR;
 		break;
 	case DNSMSG_NOTIMP:
+		metrics_inc(M_MALFORMED);
 		rcode = DNS_RCODE_NOTIMP;
 		break;
 	case DNSMSG_OK:
@@ -87,6 +92,7 @@ handle_query(struct listener *l, const struct client *c, bool ok,
 			resolver_query(l->r, c, msg, len, &info);
 			return;
 		}
+		metrics_inc(M_REFUSED);
 		rcode = DNS_RCODE_REFUSED;
 		break;
 	}

@@ -24,6 +24,7 @@
 #include "stubborn/ct.h"
 #include "stubborn/listener.h"
 #include "stubborn/log.h"
+#include "stubborn/metrics.h"
 #include "stubborn/resolver.h"
 #include "stubborn/sandbox.h"
 #include "stubborn/tls.h"
@@ -289,6 +290,7 @@ cmd_run(int argc, char **argv)
 	struct resolver *r = NULL;
 	struct listener *l = NULL;
 	struct refresh rf = { 0 };
+	struct metrics_server *ms = NULL;
 	struct event *sigs[4] = { NULL };
 	int rc = 1;
 	size_t i;
@@ -310,6 +312,9 @@ cmd_run(int argc, char **argv)
 		goto done;
 	}
 	if ((l = listener_new(base, cfg, r)) == NULL)
+		goto done;
+	if (cfg->metrics != NULL &&
+	    (ms = metrics_start(base, cfg->metrics, r)) == NULL)
 		goto done;
 	if (cfg->user != NULL && sandbox_drop_privileges(cfg->user) != 0)
 		goto done;
@@ -336,6 +341,7 @@ cmd_run(int argc, char **argv)
 done:
 	if (l != NULL)
 		listener_stop(l);
+	metrics_stop(ms);
 	resolver_free(r);
 	listener_free(l);
 	for (i = 0; i < 3; i++)

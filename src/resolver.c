@@ -7,6 +7,7 @@
 #include "stubborn/cache.h"
 #include "stubborn/dnsmsg.h"
 #include "stubborn/log.h"
+#include "stubborn/metrics.h"
 #include "stubborn/resolver.h"
 #include "stubborn/upstream.h"
 #include "transport.h"
@@ -127,6 +128,7 @@ answer_failure(struct query *q)
 
 	n = cache_lookup(q->r->cache, &q->key, upstream_now_ms(), true, buf,
 	    sizeof(buf));
+	metrics_inc(n ? M_STALE : M_SERVFAIL);
 	if (n == 0) {
 		n = dnsmsg_error_reply(q->msg, q->len, &w->info,
 		    DNS_RCODE_SERVFAIL, buf, sizeof(buf));
@@ -241,6 +243,18 @@ resolver_new(struct event_base *base, const struct config *cfg,
 	return r;
 }
 
+struct upstream_pool *
+resolver_pool(struct resolver *r)
+{
+	return r->pool;
+}
+
+size_t
+resolver_cache_count(const struct resolver *r)
+{
+	return cache_count(r->cache);
+}
+
 void
 resolver_set_ct_list(struct resolver *r, const struct ct_loglist *list)
 {
@@ -305,12 +319,15 @@ resolver_query(struct resolver *r, const struct client *client,
 	}
 	if ((n = cache_lookup(r->cache, &key, now, false, hit,
 	    sizeof(hit))) > 0) {
+		metrics_inc(M_CACHE_HITS);
 		deliver(client, info, msg + DNSMSG_HDR_LEN, hit, n);
 		return;
 	}
+	metrics_inc(M_CACHE_MISSES);
 	/* The same question in flight: wait for its answer. */
 	for (q = *bucket(r, &key); q != NULL; q = q->hnext) {
 		if (cache_key_equal(&q->key, &key)) {
+			metrics_inc(M_COALESCED);
 			if (!add_waiter(q, client, msg, info))
 				answer_servfail(client, msg, len, info);
 			return;
@@ -323,6 +340,7 @@ resolver_query(struct resolver *r, const struct client *client,
 			    "to take new ones", QUERIES_MAX);
 			r->shed_logged_ms = now;
 		}
+		metrics_inc(M_SHED);
 		answer_failure(TAILQ_FIRST(&r->queries));
 	}
 	if ((q = calloc(1, sizeof(*q))) == NULL) {

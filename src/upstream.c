@@ -14,6 +14,10 @@
 #define BACKOFF_MAX_SEC		60
 #define TIMEOUTS_DOWN		3	/* consecutive timeouts mark it down */
 
+const double upstream_rtt_bounds[UPSTREAM_RTT_BUCKETS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.5,
+};
+
 const char *const upstream_state_str[] = {
 	[UPSTREAM_UP] = "up",
 	[UPSTREAM_DOWN] = "down",
@@ -196,6 +200,30 @@ upstream_pool_set_ct_list(struct upstream_pool *pool,
 	pool->ct_warned = 0;
 }
 
+size_t
+upstream_pool_count(const struct upstream_pool *pool)
+{
+	return pool->n;
+}
+
+struct upstream *
+upstream_pool_get(struct upstream_pool *pool, size_t i)
+{
+	return &pool->ups[i];
+}
+
+const struct ct_loglist *
+upstream_pool_ct_list(const struct upstream_pool *pool)
+{
+	return pool->ct_list;
+}
+
+bool
+upstream_pool_usable(struct upstream_pool *pool)
+{
+	return upstream_pick(pool, 0) != NULL;
+}
+
 void
 upstream_pool_free(struct upstream_pool *pool)
 {
@@ -311,6 +339,7 @@ upstream_gate_init(struct upstream *up, struct tls_gate *gate)
 void
 upstream_send(struct upstream *up, struct txq *q)
 {
+	up->stats.queries++;
 	if (up->conn == NULL &&
 	    (up->conn = up->ops->open(up, up->pool->base)) == NULL) {
 		up->pool->cbs.failed(up->pool->cbs.arg, q, up, false);
@@ -342,6 +371,14 @@ mark_down(struct upstream *up, const char *why)
 void
 upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
 {
+	size_t i;
+
+	up->stats.answers++;
+	up->stats.rtt_count++;
+	up->stats.rtt_sum += (double)rtt_ms / 1000;
+	for (i = 0; i < UPSTREAM_RTT_BUCKETS; i++)
+		if ((double)rtt_ms / 1000 <= upstream_rtt_bounds[i])
+			up->stats.rtt_le[i]++;
 	if (rtt_ms == 0)
 		rtt_ms = 1;	/* 0 means "not measured" */
 	if (rtt_ms > 60000)
@@ -355,6 +392,7 @@ upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
 void
 upstream_note_timeout(struct upstream *up)
 {
+	up->stats.errors++;
 	/* A timeout is a slow answer too, for strategy = fastest. */
 	up->rtt_ms = up->rtt_ms ? (up->rtt_ms > 30000 ? 60000 :
 	    up->rtt_ms * 2) : 1500;
@@ -374,6 +412,7 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		up->conn = NULL;
 	switch (outcome) {
 	case CONN_READY_OK:
+		up->stats.handshakes++;
 		if (up->state != UPSTREAM_UP)
 			log_info("upstream %s: up", up->conf->name);
 		up->state = UPSTREAM_UP;
@@ -385,9 +424,11 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		break;
 	case CONN_REPORT_ONLY:
 		log_incident(json);
+		up->stats.incidents[c->gate.verdict]++;
 		break;
 	case CONN_INCIDENT:
 		log_incident(json);
+		up->stats.incidents[c->gate.verdict]++;
 		up->state = UPSTREAM_QUARANTINED;
 		up->quarantine_until = time(NULL) + up->quarantine_sec;
 		log_warnx("upstream %s: trust incident; quarantined for %ld s",
@@ -448,5 +489,6 @@ upstream_txq_failed(struct conn *c, struct txq *q, enum conn_outcome why)
 {
 	struct upstream_pool *pool = c->up->pool;
 
+	c->up->stats.errors++;
 	pool->cbs.failed(pool->cbs.arg, q, c->up, why == CONN_CLOSED_BUSY);
 }

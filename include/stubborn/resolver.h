@@ -27,6 +27,12 @@ struct resolver *resolver_new(struct event_base *base,
 void	resolver_set_ct_list(struct resolver *r,
 	    const struct ct_loglist *list);
 
+/* The upstream pool (for metrics and health), borrowed. */
+struct upstream_pool *resolver_pool(struct resolver *r);
+
+/* Answers held in the cache. */
+size_t	resolver_cache_count(const struct resolver *r);
+
 /* Answer SERVFAIL to every query still waiting, then free r. */
 void	resolver_free(struct resolver *r);
 

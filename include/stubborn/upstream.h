@@ -27,6 +27,21 @@ enum upstream_state {
 };
 extern const char *const upstream_state_str[];
 
+#define UPSTREAM_RTT_BUCKETS	10
+
+/* What /metrics reports of one upstream. */
+struct upstream_stats {
+	uint64_t	queries;	/* sent */
+	uint64_t	answers;
+	uint64_t	errors;		/* failed or timed out */
+	uint64_t	handshakes;	/* connections that passed the gate */
+	uint64_t	incidents[5];	/* by enum trust_verdict */
+	uint64_t	rtt_le[UPSTREAM_RTT_BUCKETS];	/* histogram */
+	uint64_t	rtt_count;
+	double		rtt_sum;	/* seconds */
+};
+extern const double upstream_rtt_bounds[UPSTREAM_RTT_BUCKETS];
+
 struct upstream {
 	struct upstream_pool	*pool;
 	const struct upstream_conf *conf;	/* borrowed from the config */
@@ -42,6 +57,7 @@ struct upstream {
 	unsigned		 rtt_ms;	/* EWMA; 0: not measured yet */
 	unsigned		 next_addr;	/* bootstrap address to try */
 	long			 quarantine_sec;	/* from [trust] */
+	struct upstream_stats	 stats;
 };
 
 /*
@@ -70,6 +86,16 @@ struct upstream_pool *upstream_pool_new(struct event_base *base,
  */
 void	upstream_pool_set_ct_list(struct upstream_pool *pool,
 	    const struct ct_loglist *list);
+
+/* The pool's upstreams, in conf order (for metrics). */
+size_t	upstream_pool_count(const struct upstream_pool *pool);
+struct upstream *upstream_pool_get(struct upstream_pool *pool, size_t i);
+
+/* True while some upstream may be used now (for /healthz). */
+bool	upstream_pool_usable(struct upstream_pool *pool);
+
+/* The CT log list in use, or NULL. */
+const struct ct_loglist *upstream_pool_ct_list(const struct upstream_pool *);
 
 /* Close every connection and free the pool; NULL is a no-op. */
 void	upstream_pool_free(struct upstream_pool *pool);
