@@ -780,8 +780,7 @@ static const struct item items[] = {
 	{ SEC_TRUST, "ct-log-list-url", p_ct_log_list_url, false, NULL },
 	{ SEC_TRUST, "ct-max-list-age", p_ct_max_list_age, false, NULL },
 	{ SEC_TRUST, "quarantine", p_quarantine, false, NULL },
-	{ SEC_TRUST, "on-incident", p_on_incident, false,
-	    "incidents are logged but no program is run yet" },
+	{ SEC_TRUST, "on-incident", p_on_incident, false, NULL },
 	{ SEC_UPSTREAM, "url", p_url, false, NULL },
 	{ SEC_UPSTREAM, "address", p_address, true, NULL },
 	{ SEC_UPSTREAM, "pin", p_pin, true, NULL },
@@ -1144,7 +1143,7 @@ config_print(const struct config *cfg, FILE *out)
 	fprintf(out, "\n[trust]\nca-file = %s\nquarantine = %ld\n"
 	    "ct = %s\nct-policy = %s\nct-log-list = %s\n"
 	    "ct-max-list-age = %ld\nct-log-list-url = %s\n"
-	    "; not in effect yet: the incident hook\n;on-incident = %s\n",
+	    "on-incident = %s\n",
 	    cfg->ca_file ? cfg->ca_file : "", cfg->quarantine,
 	    ct_mode_str[cfg->ct], ct_policy_str[cfg->ct_policy],
 	    cfg->ct_log_list ? cfg->ct_log_list : "", cfg->ct_max_list_age,

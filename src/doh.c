@@ -369,6 +369,7 @@ submit(struct doh_conn *dc, struct txq *q)
 	st->q = q;
 	q->conn = &dc->c;
 	q->tdata = st;
+	dc->c.up->stats.queries++;
 	TAILQ_INSERT_TAIL(&dc->streams, st, entry);
 	dc->nstreams++;
 	dc->idle_pings = 0;

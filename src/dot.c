@@ -86,6 +86,7 @@ write_query(struct dot_conn *dc, struct txq *q)
 	} while (inflight_find(dc, id) != NULL);
 	q->wire_id = id;
 	dnsmsg_set_id(q->msg, id);
+	dc->c.up->stats.queries++;
 	q->hnext = *bucket(dc, id);
 	*bucket(dc, id) = q;
 	TAILQ_INSERT_TAIL(&dc->inflight, q, entry);

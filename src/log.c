@@ -1,6 +1,11 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +16,7 @@
 #include "stubborn/log.h"
 
 static int log_foreground = 1;
+static const char *incident_hook;
 static int log_level = LOG_INFO;
 
 static const char *const log_level_str[] = {
@@ -147,6 +153,68 @@ log_crypto(const char *what)
 }
 
 void
+log_set_incident_hook(const char *cmd)
+{
+	incident_hook = cmd;
+}
+
+/*
+ * Double fork: the middle child exits at once and is reaped here; the
+ * grandchild, reparented to init, leads a new process group, starts the
+ * hook in it and kills the whole group (a shell's children too) if the
+ * hook outlives its timeout.  The JSON goes through a pipe that holds it
+ * whole.  After fork only async-signal-safe calls are made.
+ */
+static void
+run_hook(const char *json)
+{
+	size_t len = strlen(json);
+	int p[2], st;
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) == -1) {
+		log_warn("on-incident");
+		return;
+	}
+	fcntl(p[1], F_SETFL, O_NONBLOCK);
+	if (write(p[1], json, len) != (ssize_t)len ||
+	    write(p[1], "\n", 1) != 1)
+		log_warnx("on-incident: the record did not fit the pipe");
+	close(p[1]);
+	if ((pid = fork()) == -1) {
+		log_warn("on-incident: fork");
+		close(p[0]);
+		return;
+	}
+	if (pid == 0) {
+		struct timespec tick = { 0, 100 * 1000 * 1000 };
+		pid_t hook;
+		int i;
+
+		if (fork() != 0)
+			_exit(0);
+		setsid();
+		if ((hook = fork()) == 0) {
+			if (dup2(p[0], STDIN_FILENO) == -1)
+				_exit(127);
+			execl("/bin/sh", "sh", "-c", incident_hook,
+			    (char *)NULL);
+			_exit(127);
+		}
+		for (i = 0; hook > 0 && i < LOG_HOOK_TIMEOUT_SEC * 10; i++) {
+			if (waitpid(hook, &st, WNOHANG) == hook)
+				_exit(0);
+			nanosleep(&tick, NULL);
+		}
+		kill(0, SIGKILL);	/* the group: the hook and its children */
+		_exit(1);
+	}
+	close(p[0]);
+	while (waitpid(pid, &st, 0) == -1 && errno == EINTR)
+		;
+}
+
+void
 log_incident(const char *json)
 {
 	if (log_foreground) {
@@ -154,4 +222,6 @@ log_incident(const char *json)
 		fflush(stderr);
 	} else
 		syslog(LOG_ALERT, "%s", json);
+	if (incident_hook != NULL)
+		run_hook(json);
 }

@@ -304,6 +304,7 @@ cmd_run(int argc, char **argv)
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
 	tls_init();
+	log_set_incident_hook(cfg->on_incident);
 	rf.cfg = cfg;
 	rf.conf_path = o.conf;
 	rf.cur = load_ct_list(cfg);

@@ -339,7 +339,6 @@ upstream_gate_init(struct upstream *up, struct tls_gate *gate)
 void
 upstream_send(struct upstream *up, struct txq *q)
 {
-	up->stats.queries++;
 	if (up->conn == NULL &&
 	    (up->conn = up->ops->open(up, up->pool->base)) == NULL) {
 		up->pool->cbs.failed(up->pool->cbs.arg, q, up, false);

@@ -37,4 +37,13 @@ void	log_crypto(const char *what);
  */
 void	log_incident(const char *json);
 
+/*
+ * Also run cmd (a shell command; NULL: none) for every incident, with the
+ * JSON line on its standard input.  It runs detached and is killed after
+ * LOG_HOOK_TIMEOUT_SEC; the event loop never waits for it.  cmd is
+ * borrowed until replaced.
+ */
+#define LOG_HOOK_TIMEOUT_SEC	10
+void	log_set_incident_hook(const char *cmd);
+
 #endif
