@@ -138,6 +138,7 @@ b64_decode(const char *s, uint8_t **out, size_t *outlen)
 	n = EVP_DecodeBlock(*out, (const unsigned char *)s, (int)len);
 	if (n < 0) {
 		free(*out);
+		*out = NULL;	/* the caller frees what it got */
 		return -1;
 	}
 	pad = (s[len - 1] == '=') + (s[len - 2] == '=');

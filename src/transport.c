@@ -59,6 +59,7 @@ conn_start(struct conn *c, const struct transport_ops *ops,
 	c->addr_idx = up->next_addr % (unsigned)up->conf->naddrs;
 	if ((c->timer = evtimer_new(base, io->timo, c)) == NULL)
 		return -1;
+	upstream_conn_add(c);
 	if (connect_one(c, io) != 0)
 		conn_timer(c, 0);
 	return 0;
@@ -155,6 +156,7 @@ conn_stop(struct conn *c, void (*free_fn)(struct conn *))
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
+	upstream_conn_remove(c);
 	c->free_fn = free_fn;
 	if (event_base_once(c->base, -1, EV_TIMEOUT, free_cb, c, &now) != 0)
 		fatalx("%s: event_base_once failed", __func__);

@@ -72,6 +72,7 @@ struct conn {
 	char			 addrstr[64];
 	char			 why[128];	/* the last failure, in words */
 	void			(*free_fn)(struct conn *);	/* conn_stop */
+	TAILQ_ENTRY(conn)	 pool_entry;	/* every live conn of the pool */
 };
 
 /* The transport's callbacks for conn_connect; arg is the conn. */
@@ -157,6 +158,13 @@ extern const struct transport_ops doh_ops;
  */
 void	upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 	    const char *json);
+
+/*
+ * The pool keeps every live conn, draining ones too, so that it can close
+ * them all when it is freed.  conn_start and conn_stop call these.
+ */
+void	upstream_conn_add(struct conn *c);
+void	upstream_conn_remove(struct conn *c);
 
 struct tls_gate;
 

@@ -40,7 +40,10 @@ const char *const conn_outcome_str[] = {
 	[CONN_DRAINING] = "draining",
 };
 
+TAILQ_HEAD(conn_list, conn);
+
 struct upstream_pool {
+	struct conn_list	 conns;		/* every live one */
 	struct event_base	*base;
 	const struct config	*cfg;
 	struct upstream		*ups;
@@ -164,6 +167,7 @@ upstream_pool_new(struct event_base *base, const struct config *cfg,
 	}
 	pool->base = base;
 	pool->cfg = cfg;
+	TAILQ_INIT(&pool->conns);
 	pool->cbs = *cbs;
 	pool->ct_list = ct_list;
 	pool->n = cfg->nupstreams;
@@ -225,19 +229,30 @@ upstream_pool_usable(struct upstream_pool *pool)
 }
 
 void
+upstream_conn_add(struct conn *c)
+{
+	TAILQ_INSERT_TAIL(&c->up->pool->conns, c, pool_entry);
+}
+
+void
+upstream_conn_remove(struct conn *c)
+{
+	TAILQ_REMOVE(&c->up->pool->conns, c, pool_entry);
+}
+
+void
 upstream_pool_free(struct upstream_pool *pool)
 {
+	struct conn *c;
 	size_t i;
 
 	if (pool == NULL)
 		return;
-	for (i = 0; i < pool->n; i++) {
-		struct upstream *up = &pool->ups[i];
-
-		if (up->conn != NULL)
-			up->ops->close(up->conn);
-		SSL_CTX_free(up->ssl_ctx);
-	}
+	/* Draining ones too: each close takes its conn off the list. */
+	while ((c = TAILQ_FIRST(&pool->conns)) != NULL)
+		c->ops->close(c);
+	for (i = 0; i < pool->n; i++)
+		SSL_CTX_free(pool->ups[i].ssl_ctx);
 	free(pool->ups);
 	free(pool);
 }
@@ -407,7 +422,9 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 {
 	struct upstream *up = c->up;
 
-	if (outcome != CONN_READY_OK && up->conn == c)
+	/* Still usable after these two; every other outcome ends its use. */
+	if (outcome != CONN_READY_OK && outcome != CONN_REPORT_ONLY &&
+	    up->conn == c)
 		up->conn = NULL;
 	switch (outcome) {
 	case CONN_READY_OK:
