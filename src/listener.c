@@ -345,6 +345,17 @@ listener_new(struct event_base *base, const struct config *cfg,
 	return l;
 }
 
+void
+listener_set_config(struct listener *l, const struct config *cfg)
+{
+	struct tcp_client *tc;
+
+	l->cfg = cfg;
+	/* Connected clients are judged again too. */
+	TAILQ_FOREACH(tc, &l->clients, entry)
+		tc->allowed = allowed(l, (struct sockaddr *)&tc->addr);
+}
+
 size_t
 listener_count(const struct listener *l)
 {

@@ -119,16 +119,6 @@ stop_cb(evutil_socket_t sig, short ev, void *arg)
 	event_base_loopbreak(arg);
 }
 
-static void
-hup_cb(evutil_socket_t sig, short ev, void *arg)
-{
-	(void)sig;
-	(void)ev;
-	(void)arg;
-	/* XXX reload lands with issue 6; until then say so, do not die. */
-	log_warnx("SIGHUP: reloading is not supported yet; restart stubborn "
-	    "to apply a changed conf");
-}
 
 /* True when some upstream runs the CT step. */
 static bool
@@ -281,6 +271,77 @@ refresh_stop(struct refresh *rf)
 	ct_loglist_free(rf->cur);
 }
 
+/* What SIGHUP swaps: the running daemon's parts that hold the conf. */
+struct daemon {
+	struct run_opts	 opts;
+	struct config	*cfg;
+	struct resolver	*r;
+	struct listener	*l;
+	struct refresh	*rf;
+};
+
+static bool
+same_listen(const struct config *a, const struct config *b)
+{
+	return a->nlisten == b->nlisten && memcmp(a->listen, b->listen,
+	    a->nlisten * sizeof(*a->listen)) == 0;
+}
+
+/*
+ * SIGHUP: build the new conf beside the old and swap only when it is
+ * whole.  Upstreams, pins, trust and CT settings apply at once (every
+ * upstream connection is closed, so the next one meets the new gate);
+ * the sockets and the cache stay.
+ */
+static void
+hup_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	struct daemon *d = arg;
+	struct config *cfg;
+	struct ct_loglist *list;
+	char *errs = NULL, *line, *save = NULL;
+	size_t len;
+	FILE *fp;
+
+	(void)sig;
+	(void)ev;
+	if ((fp = open_memstream(&errs, &len)) == NULL)
+		return;
+	cfg = config_load(d->opts.conf, d->opts.conf_given, fp);
+	fclose(fp);
+	for (line = strtok_r(errs, "\n", &save); line != NULL;
+	    line = strtok_r(NULL, "\n", &save))
+		log_warnx("reload: %s", line);
+	free(errs);
+	if (cfg == NULL) {
+		log_warnx("reload: %s has errors; the running configuration "
+		    "stays", d->opts.conf);
+		return;
+	}
+	if (!same_listen(d->cfg, cfg))
+		log_warnx("reload: listen changes need a restart; the current "
+		    "sockets stay");
+	list = load_ct_list(cfg);
+	if (resolver_reload(d->r, cfg, list) != 0) {
+		log_warnx("reload: cannot set up the new upstreams; the "
+		    "running configuration stays");
+		ct_loglist_free(list);
+		config_free(cfg);
+		return;
+	}
+	listener_set_config(d->l, cfg);
+	log_set_incident_hook(cfg->on_incident);
+	/* No handshake uses the previous list any more: all were closed. */
+	ct_loglist_free(d->rf->prev);
+	d->rf->prev = d->rf->cur;
+	d->rf->cur = list;
+	d->rf->cfg = cfg;
+	config_free(d->cfg);
+	d->cfg = cfg;
+	log_info("reloaded %s: %zu upstreams", d->opts.conf,
+	    cfg->nupstreams);
+}
+
 static int
 cmd_run(int argc, char **argv)
 {
@@ -292,6 +353,7 @@ cmd_run(int argc, char **argv)
 	struct refresh rf = { 0 };
 	struct metrics_server *ms = NULL;
 	struct event *sigs[4] = { NULL };
+	struct daemon d;
 	int rc = 1;
 	size_t i;
 
@@ -331,13 +393,19 @@ cmd_run(int argc, char **argv)
 		fatalx("cannot set up the CT log list refresh");
 	sigs[0] = evsignal_new(base, SIGTERM, stop_cb, base);
 	sigs[1] = evsignal_new(base, SIGINT, stop_cb, base);
-	sigs[2] = evsignal_new(base, SIGHUP, hup_cb, NULL);
+	d.opts = o;
+	d.cfg = cfg;
+	d.r = r;
+	d.l = l;
+	d.rf = &rf;
+	sigs[2] = evsignal_new(base, SIGHUP, hup_cb, &d);
 	for (i = 0; i < 3; i++)
 		if (sigs[i] == NULL || evsignal_add(sigs[i], NULL) != 0)
 			fatalx("cannot install signal handlers");
 	log_info("ready: %zu listening sockets, %zu upstreams",
 	    listener_count(l), cfg->nupstreams);
 	event_base_dispatch(base);
+	cfg = d.cfg;	/* a reload may have replaced it */
 	rc = 0;
 done:
 	if (l != NULL)

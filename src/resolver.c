@@ -243,6 +243,35 @@ resolver_new(struct event_base *base, const struct config *cfg,
 	return r;
 }
 
+int
+resolver_reload(struct resolver *r, const struct config *cfg,
+    const struct ct_loglist *ct_list)
+{
+	struct upstream_cbs cbs = { reply_cb, failed_cb, r };
+	struct upstream_pool *pool;
+	struct query *q, *next;
+
+	if ((pool = upstream_pool_new(r->base, cfg, ct_list, &cbs)) == NULL)
+		return -1;
+	upstream_pool_carry(pool, r->pool);
+	TAILQ_FOREACH(q, &r->queries, entry) {
+		upstream_cancel(&q->tx);
+		evtimer_del(q->timer);
+		q->tried = 0;
+		q->up = NULL;
+		q->retried_same = false;
+	}
+	upstream_pool_free(r->pool);
+	r->pool = pool;
+	r->max_ttl = (uint32_t)cfg->cache_max_ttl;
+	/* dispatch may answer and free q, never another query. */
+	for (q = TAILQ_FIRST(&r->queries); q != NULL; q = next) {
+		next = TAILQ_NEXT(q, entry);
+		dispatch(q);
+	}
+	return 0;
+}
+
 struct upstream_pool *
 resolver_pool(struct resolver *r)
 {

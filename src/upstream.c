@@ -204,6 +204,32 @@ upstream_pool_set_ct_list(struct upstream_pool *pool,
 	pool->ct_warned = 0;
 }
 
+void
+upstream_pool_carry(struct upstream_pool *pool,
+    const struct upstream_pool *old)
+{
+	size_t i, j;
+
+	for (i = 0; i < pool->n; i++) {
+		struct upstream *up = &pool->ups[i];
+
+		for (j = 0; j < old->n; j++) {
+			const struct upstream *o = &old->ups[j];
+
+			if (strcmp(o->conf->name, up->conf->name) != 0 ||
+			    strcmp(o->conf->url, up->conf->url) != 0)
+				continue;
+			up->rtt_ms = o->rtt_ms;
+			up->stats = o->stats;
+			if (o->state == UPSTREAM_QUARANTINED &&
+			    up->state != UPSTREAM_QUARANTINED) {
+				up->state = UPSTREAM_QUARANTINED;
+				up->quarantine_until = o->quarantine_until;
+			}
+		}
+	}
+}
+
 size_t
 upstream_pool_count(const struct upstream_pool *pool)
 {

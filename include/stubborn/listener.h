@@ -33,6 +33,12 @@ struct client {
 struct listener *listener_new(struct event_base *base,
 	    const struct config *cfg, struct resolver *r);
 
+/*
+ * Judge clients by cfg's allow list from now on (cfg borrowed; the
+ * sockets stay as they were bound).
+ */
+void	listener_set_config(struct listener *l, const struct config *cfg);
+
 /* Stop accepting and reading; answers can still be written. */
 void	listener_stop(struct listener *l);
 

@@ -27,6 +27,16 @@ struct resolver *resolver_new(struct event_base *base,
 void	resolver_set_ct_list(struct resolver *r,
 	    const struct ct_loglist *list);
 
+/*
+ * Use cfg's upstreams and trust settings (cfg and ct_list borrowed, as in
+ * resolver_new) from now on: a new pool replaces the old one, whose
+ * connections all close; questions in flight start over on the new
+ * upstreams; the cache stays.  Quarantines carry over by name and URL.
+ * Returns 0, or -1 (logged) with nothing changed.
+ */
+int	resolver_reload(struct resolver *r, const struct config *cfg,
+	    const struct ct_loglist *ct_list);
+
 /* The upstream pool (for metrics and health), borrowed. */
 struct upstream_pool *resolver_pool(struct resolver *r);
 

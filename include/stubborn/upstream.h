@@ -87,6 +87,13 @@ struct upstream_pool *upstream_pool_new(struct event_base *base,
 void	upstream_pool_set_ct_list(struct upstream_pool *pool,
 	    const struct ct_loglist *list);
 
+/*
+ * After a reload: quarantines, RTTs and statistics of old's upstreams go
+ * to those of pool with the same name and URL.
+ */
+void	upstream_pool_carry(struct upstream_pool *pool,
+	    const struct upstream_pool *old);
+
 /* The pool's upstreams, in conf order (for metrics). */
 size_t	upstream_pool_count(const struct upstream_pool *pool);
 struct upstream *upstream_pool_get(struct upstream_pool *pool, size_t i);
