@@ -61,8 +61,6 @@ struct doh_conn {
 };
 
 static void	doh_read_cb(struct bufferevent *, void *);
-static void	doh_event_cb(struct bufferevent *, short, void *);
-static void	doh_timo(evutil_socket_t, short, void *);
 
 static void
 stream_free(struct doh_stream *st)
@@ -392,19 +390,37 @@ speaks_h2(struct conn *c)
 	return false;
 }
 
+static void	start_h2(struct conn *);
+static void	doh_idle(struct conn *);
+
+static void
+doh_conn_fail(struct conn *c, enum conn_outcome o)
+{
+	doh_fail((struct doh_conn *)c, o);
+}
+
+static bool
+doh_busy(const struct conn *c)
+{
+	return ((const struct doh_conn *)c)->nstreams > 0;
+}
+
 static const struct conn_io doh_io = {
 	.alpn = alpn_h2,
 	.alpn_len = sizeof(alpn_h2),
 	.read = doh_read_cb,
-	.event = doh_event_cb,
-	.timo = doh_timo,
 	.usable = speaks_h2,
+	.started = start_h2,
+	.fail = doh_conn_fail,
+	.busy = doh_busy,
+	.idle = doh_idle,
 };
 
 /* The handshake is done and the gate passed: start HTTP/2. */
 static void
-start_h2(struct doh_conn *dc)
+start_h2(struct conn *c)
 {
+	struct doh_conn *dc = (struct doh_conn *)c;
 	const nghttp2_settings_entry settings[] = {
 		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100 },
@@ -426,32 +442,6 @@ start_h2(struct doh_conn *dc)
 	}
 	flush(dc);
 	settle(dc);
-}
-
-static void
-doh_event_cb(struct bufferevent *bev, short events, void *arg)
-{
-	struct doh_conn *dc = arg;
-	enum conn_outcome o;
-
-	if (events & BEV_EVENT_CONNECTED) {
-		if (!conn_ready(&dc->c, &doh_io, &o)) {
-			doh_fail(dc, o);
-			return;
-		}
-		start_h2(dc);
-		return;
-	}
-	tls_describe_error(bev, events, dc->c.why, sizeof(dc->c.why));
-	if (dc->c.state == CONN_CONNECTING) {
-		if (!conn_retry(&dc->c, &doh_io, &o))
-			doh_fail(dc, o);
-		return;
-	}
-	log_debug("upstream %s: %s: %s", dc->c.up->conf->name, dc->c.addrstr,
-	    dc->c.why);
-	ERR_clear_error();
-	doh_fail(dc, dc->nstreams ? CONN_CLOSED_BUSY : CONN_CLOSED_IDLE);
 }
 
 static void
@@ -480,22 +470,13 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 	settle(dc);
 }
 
+/* The timer while READY: PING an idle connection, close a dead one. */
 static void
-doh_timo(evutil_socket_t fd, short ev, void *arg)
+doh_idle(struct conn *c)
 {
-	struct doh_conn *dc = arg;
+	struct doh_conn *dc = (struct doh_conn *)c;
 	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
-	enum conn_outcome o;
 
-	(void)fd;
-	(void)ev;
-	if (dc->c.state == CONN_CONNECTING) {
-		if (dc->c.why[0] == '\0')
-			snprintf(dc->c.why, sizeof(dc->c.why), "timed out");
-		if (!conn_retry(&dc->c, &doh_io, &o))
-			doh_fail(dc, o);
-		return;
-	}
 	if (dc->nstreams > 0)
 		return;
 	if (dc->ping_out) {

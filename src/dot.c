@@ -31,8 +31,6 @@ struct dot_conn {
 };
 
 static void	dot_read_cb(struct bufferevent *, void *);
-static void	dot_event_cb(struct bufferevent *, short, void *);
-static void	dot_timo(evutil_socket_t, short, void *);
 
 static struct txq **
 bucket(struct dot_conn *dc, uint16_t id)
@@ -143,39 +141,36 @@ dot_fail(struct dot_conn *dc, enum conn_outcome outcome)
 	conn_report(&dc->c, outcome, &orphans);
 }
 
-static const struct conn_io dot_io = {
-	.read = dot_read_cb,
-	.event = dot_event_cb,
-	.timo = dot_timo,
-};
+static void
+dot_started(struct conn *c)
+{
+	flush_waiting((struct dot_conn *)c);
+	arm_idle((struct dot_conn *)c);
+}
 
 static void
-dot_event_cb(struct bufferevent *bev, short events, void *arg)
+dot_conn_fail(struct conn *c, enum conn_outcome o)
 {
-	struct dot_conn *dc = arg;
-	enum conn_outcome o;
-
-	if (events & BEV_EVENT_CONNECTED) {
-		if (!conn_ready(&dc->c, &dot_io, &o)) {
-			dot_fail(dc, o);
-			return;
-		}
-		flush_waiting(dc);
-		arm_idle(dc);
-		return;
-	}
-	tls_describe_error(bev, events, dc->c.why, sizeof(dc->c.why));
-	if (dc->c.state == CONN_CONNECTING) {
-		if (!conn_retry(&dc->c, &dot_io, &o))
-			dot_fail(dc, o);
-		return;
-	}
-	log_debug("upstream %s: %s: %s", dc->c.up->conf->name,
-	    dc->c.addrstr, dc->c.why);
-	ERR_clear_error();
-	dot_fail(dc, dc->ninflight || !TAILQ_EMPTY(&dc->waiting) ?
-	    CONN_CLOSED_BUSY : CONN_CLOSED_IDLE);
+	dot_fail((struct dot_conn *)c, o);
 }
+
+static bool
+dot_busy(const struct conn *c)
+{
+	const struct dot_conn *dc = (const struct dot_conn *)c;
+
+	return dc->ninflight > 0 || !TAILQ_EMPTY(&dc->waiting);
+}
+
+static void	dot_idle(struct conn *);
+
+static const struct conn_io dot_io = {
+	.read = dot_read_cb,
+	.started = dot_started,
+	.fail = dot_conn_fail,
+	.busy = dot_busy,
+	.idle = dot_idle,
+};
 
 static void
 dot_read_cb(struct bufferevent *bev, void *arg)
@@ -214,27 +209,15 @@ dot_read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Idle: RFC 7766 asks clients to close what they do not use. */
 static void
-dot_timo(evutil_socket_t fd, short ev, void *arg)
+dot_idle(struct conn *c)
 {
-	struct dot_conn *dc = arg;
 	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
-	enum conn_outcome o;
 
-	(void)fd;
-	(void)ev;
-	if (dc->c.state == CONN_CONNECTING) {
-		if (dc->c.why[0] == '\0')
-			snprintf(dc->c.why, sizeof(dc->c.why), "timed out");
-		if (!conn_retry(&dc->c, &dot_io, &o))
-			dot_fail(dc, o);
-		return;
-	}
-	/* Idle: RFC 7766 asks clients to close what they do not use. */
-	log_debug("upstream %s: closing idle connection",
-	    dc->c.up->conf->name);
-	teardown(dc, &none);
-	upstream_conn_event(&dc->c, CONN_CLOSED_IDLE, NULL);
+	log_debug("upstream %s: closing idle connection", c->up->conf->name);
+	teardown((struct dot_conn *)c, &none);
+	upstream_conn_event(c, CONN_CLOSED_IDLE, NULL);
 }
 
 static struct conn *

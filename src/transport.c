@@ -18,6 +18,8 @@
 
 #define CONNECT_TIMEOUT_MS	5000
 
+static void	conn_timo_cb(evutil_socket_t, short, void *);
+
 void
 conn_timer(struct conn *c, long ms)
 {
@@ -41,7 +43,7 @@ connect_one(struct conn *c, const struct conn_io *io)
 	    sizeof(c->why));
 	if (c->bev == NULL)
 		return -1;
-	bufferevent_setcb(c->bev, io->read, NULL, io->event, c);
+	bufferevent_setcb(c->bev, io->read, NULL, conn_event_cb, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	conn_timer(c, CONNECT_TIMEOUT_MS);
 	return 0;
@@ -52,12 +54,13 @@ conn_start(struct conn *c, const struct transport_ops *ops,
     struct upstream *up, struct event_base *base, const struct conn_io *io)
 {
 	c->ops = ops;
+	c->io = io;
 	c->up = up;
 	c->state = CONN_CONNECTING;
 	c->base = base;
 	c->addrs_left = (unsigned)up->conf->naddrs;
 	c->addr_idx = up->next_addr % (unsigned)up->conf->naddrs;
-	if ((c->timer = evtimer_new(base, io->timo, c)) == NULL)
+	if ((c->timer = evtimer_new(base, conn_timo_cb, c)) == NULL)
 		return -1;
 	upstream_conn_add(c);
 	if (connect_one(c, io) != 0)
@@ -65,10 +68,15 @@ conn_start(struct conn *c, const struct transport_ops *ops,
 	return 0;
 }
 
-bool
-conn_retry(struct conn *c, const struct conn_io *io,
-    enum conn_outcome *outcome)
+/*
+ * This address gave no connection.  Returns true when the next address
+ * is being tried; false with *outcome set (CONN_INCIDENT when the gate
+ * refused the certificate, CONN_FAILED when no address is left).
+ */
+static bool
+conn_retry(struct conn *c, enum conn_outcome *outcome)
 {
+	const struct conn_io *io = c->io;
 	const struct upstream_conf *uc = c->up->conf;
 
 	/* A refusal by the gate condemns the upstream, not the address. */
@@ -96,10 +104,14 @@ conn_retry(struct conn *c, const struct conn_io *io,
 	}
 }
 
-bool
-conn_ready(struct conn *c, const struct conn_io *io,
-    enum conn_outcome *outcome)
+/*
+ * The handshake finished: judge it with the gate.  true: READY (reported
+ * to the pool, timer stopped); false with *outcome to fail the conn with.
+ */
+static bool
+conn_ready(struct conn *c, enum conn_outcome *outcome)
 {
+	const struct conn_io *io = c->io;
 	enum conn_outcome o = upstream_gate_outcome(&c->gate);
 
 	ERR_clear_error();
@@ -131,6 +143,49 @@ conn_ready(struct conn *c, const struct conn_io *io,
 	    c->up->conf->name, c->addrstr, c->ops->name);
 	upstream_conn_event(c, CONN_READY_OK, NULL);
 	return true;
+}
+
+void
+conn_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+	struct conn *c = arg;
+	enum conn_outcome o;
+
+	if (events & BEV_EVENT_CONNECTED) {
+		if (conn_ready(c, &o))
+			c->io->started(c);
+		else
+			c->io->fail(c, o);
+		return;
+	}
+	tls_describe_error(bev, events, c->why, sizeof(c->why));
+	if (c->state == CONN_CONNECTING) {
+		if (!conn_retry(c, &o))
+			c->io->fail(c, o);
+		return;
+	}
+	log_debug("upstream %s: %s: %s", c->up->conf->name, c->addrstr,
+	    c->why);
+	ERR_clear_error();
+	c->io->fail(c, c->io->busy(c) ? CONN_CLOSED_BUSY : CONN_CLOSED_IDLE);
+}
+
+static void
+conn_timo_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct conn *c = arg;
+	enum conn_outcome o;
+
+	(void)fd;
+	(void)ev;
+	if (c->state != CONN_CONNECTING) {
+		c->io->idle(c);
+		return;
+	}
+	if (c->why[0] == '\0')
+		snprintf(c->why, sizeof(c->why), "timed out");
+	if (!conn_retry(c, &o))
+		c->io->fail(c, o);
 }
 
 static void

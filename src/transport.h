@@ -18,6 +18,7 @@
 
 struct upstream;
 struct conn;
+struct conn_io;
 
 enum conn_state {
 	CONN_CONNECTING,	/* TCP connect and TLS handshake, gate inside */
@@ -71,20 +72,33 @@ struct conn {
 	unsigned		 addrs_left;
 	char			 addrstr[64];
 	char			 why[128];	/* the last failure, in words */
+	const struct conn_io	*io;
 	void			(*free_fn)(struct conn *);	/* conn_stop */
 	TAILQ_ENTRY(conn)	 pool_entry;	/* every live conn of the pool */
 };
 
-/* The transport's callbacks for conn_connect; arg is the conn. */
+/*
+ * A transport's part in the shared connection code.  conn_event_cb and
+ * conn_timo_cb drive connecting, then hand over to these.
+ */
 struct conn_io {
 	const unsigned char	*alpn;	/* wire-format list, or NULL */
 	unsigned		 alpn_len;
-	bufferevent_data_cb	 read;
-	bufferevent_event_cb	 event;
-	event_callback_fn	 timo;
+	bufferevent_data_cb	 read;	/* arg is the conn */
 	/* After the gate passed: may the conn be used?  (sets why) */
 	bool			(*usable)(struct conn *);
+	/* READY: start sending. */
+	void			(*started)(struct conn *);
+	/* End the conn with outcome, failing its queries over. */
+	void			(*fail)(struct conn *, enum conn_outcome);
+	/* Any query attached? */
+	bool			(*busy)(const struct conn *);
+	/* The timer fired while READY (idle, liveness). */
+	void			(*idle)(struct conn *);
 };
+
+/* The bufferevent event callback of every conn (arg is the conn). */
+void	conn_event_cb(struct bufferevent *bev, short events, void *arg);
 
 /*
  * Set up c for up and start connecting to its next bootstrap address.  A
@@ -95,20 +109,6 @@ int	conn_start(struct conn *c, const struct transport_ops *ops,
 	    struct upstream *up, struct event_base *base,
 	    const struct conn_io *io);
 
-/*
- * This address gave no connection.  Returns true when the next address
- * is being tried; false with *outcome set (CONN_INCIDENT when the gate
- * refused the certificate, CONN_FAILED when no address is left).
- */
-bool	conn_retry(struct conn *c, const struct conn_io *io,
-	    enum conn_outcome *outcome);
-
-/*
- * The handshake finished: judge it with the gate.  true: READY (reported
- * to the pool, timer stopped); false with *outcome to fail the conn with.
- */
-bool	conn_ready(struct conn *c, const struct conn_io *io,
-	    enum conn_outcome *outcome);
 
 /* Arm c's timer in ms. */
 void	conn_timer(struct conn *c, long ms);
