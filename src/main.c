@@ -60,8 +60,10 @@ struct run_opts {
 	bool		 verbose;
 };
 
+/* The common -c/-f/-v options; at most max_args operands may follow. */
 static int
-parse_run_opts(int argc, char **argv, struct run_opts *o, bool run)
+parse_run_opts(int argc, char **argv, struct run_opts *o, bool run,
+    int max_args)
 {
 	int ch;
 
@@ -87,9 +89,9 @@ parse_run_opts(int argc, char **argv, struct run_opts *o, bool run)
 			return -1;
 		}
 	}
-	if (optind != argc) {
+	if (argc - optind > max_args) {
 		fprintf(stderr, "stubborn: unexpected argument '%s'\n",
-		    argv[optind]);
+		    argv[optind + max_args]);
 		usage(stderr);
 		return -1;
 	}
@@ -102,7 +104,7 @@ cmd_check_config(int argc, char **argv)
 	struct run_opts o = { 0 };
 	struct config *cfg;
 
-	if (parse_run_opts(argc, argv, &o, false) != 0)
+	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
 		return EXIT_USAGE;
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
 		return EXIT_USAGE;
@@ -357,7 +359,7 @@ cmd_run(int argc, char **argv)
 	int rc = 1;
 	size_t i;
 
-	if (parse_run_opts(argc, argv, &o, true) != 0)
+	if (parse_run_opts(argc, argv, &o, true, 0) != 0)
 		return EXIT_USAGE;
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
 		return EXIT_USAGE;
@@ -566,26 +568,8 @@ cmd_update_log_list(int argc, char **argv)
 	size_t len = 0;
 	int rc;
 
-	o.conf = STUBBORN_CONF;
-	optind = 1;
-	while ((rc = getopt(argc, argv, "c:h")) != -1) {
-		switch (rc) {
-		case 'c':
-			o.conf = optarg;
-			o.conf_given = true;
-			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			usage(stderr);
-			return EXIT_USAGE;
-		}
-	}
-	if (optind < argc - 1) {
-		usage(stderr);
+	if (parse_run_opts(argc, argv, &o, false, 1) != 0)
 		return EXIT_USAGE;
-	}
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
 		return EXIT_USAGE;
 	url = optind < argc ? argv[optind] : cfg->ct_log_list_url;

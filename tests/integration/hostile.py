@@ -108,7 +108,68 @@ class Conn:
         self.closed = True
 
 
-class HostileDot:
+class ThreadedServer:
+    """What the hostile servers share: a listener bound before start()
+    returns, one thread per connection, bounded in number and lifetime, and
+    a stop() that joins them all.  A subclass sets kind, name, address,
+    port, _lock, _stop, _threads, _listener and connections, and provides
+    log() and _serve(raw, index, deadline)."""
+
+    kind = "hostile"
+
+    def _listen(self):
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.address, self.port))
+        self._listener.listen(16)
+        self._listener.settimeout(TICK)
+        self._spawn(self._accept_loop, "accept")
+
+    def stop(self):
+        """Stop every thread; returns what did not stop in time."""
+        self._stop.set()
+        problems = []
+        for t in self._threads:
+            t.join(JOIN_TIMEOUT)
+            if t.is_alive():
+                problems.append(f"{self.kind} {self.name}: thread {t.name} "
+                                f"still running {JOIN_TIMEOUT}s after stop")
+        if self._listener is not None:
+            self._listener.close()
+        return problems
+
+    def _spawn(self, target, tname, *args):
+        t = threading.Thread(target=target, args=args, daemon=True,
+                             name=f"{self.kind}-{self.name}-{tname}")
+        self._threads.append(t)
+        t.start()
+
+    def _refused(self, index):
+        """A connection over MAX_CONNECTIONS was closed unserved."""
+
+    def _accept_loop(self):
+        deadline = time.monotonic() + LIFETIME
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                raw, peer = self._listener.accept()
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError as e:
+                self.log(f"accept: {e}")
+                return
+            with self._lock:
+                self.connections += 1
+                index = self.connections
+            self.log(f"conn {index}: accepted from {peer[0]}:{peer[1]}")
+            if index > MAX_CONNECTIONS:
+                self.log(f"conn {index}: over {MAX_CONNECTIONS}, refused")
+                raw.close()
+                self._refused(index)
+                continue
+            self._spawn(self._serve, f"conn{index}", raw, index, deadline)
+
+
+class HostileDot(ThreadedServer):
     def __init__(self, name, address, cert, script, delivery="record"):
         if delivery not in DELIVERIES:
             raise ValueError(delivery)
@@ -157,53 +218,9 @@ class HostileDot:
         # Bound and listening before start() returns: the kernel queues
         # stubborn's connect, so no readiness probe (which would count as a
         # connection) is needed.
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((self.address, self.port))
-        self._listener.listen(16)
-        self._listener.settimeout(TICK)
-        self._spawn(self._accept_loop, "accept")
+        self._listen()
         self.log(f"listening on {self.address}:{self.port}")
         return self
-
-    def stop(self):
-        """Stop every thread; returns what did not stop in time."""
-        self._stop.set()
-        problems = []
-        for t in self._threads:
-            t.join(JOIN_TIMEOUT)
-            if t.is_alive():
-                problems.append(f"hostile {self.name}: thread {t.name} still "
-                                f"running {JOIN_TIMEOUT}s after stop")
-        if self._listener is not None:
-            self._listener.close()
-        return problems
-
-    def _spawn(self, target, tname, *args):
-        t = threading.Thread(target=target, args=args, daemon=True,
-                             name=f"hostile-{self.name}-{tname}")
-        self._threads.append(t)
-        t.start()
-
-    def _accept_loop(self):
-        deadline = time.monotonic() + LIFETIME
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                raw, peer = self._listener.accept()
-            except (socket.timeout, BlockingIOError):
-                continue
-            except OSError as e:
-                self.log(f"accept: {e}")
-                return
-            with self._lock:
-                self.connections += 1
-                index = self.connections
-            self.log(f"conn {index}: accepted from {peer[0]}:{peer[1]}")
-            if index > MAX_CONNECTIONS:
-                self.log(f"conn {index}: over {MAX_CONNECTIONS}, refused")
-                raw.close()
-                continue
-            self._spawn(self._serve, f"conn{index}", raw, index, deadline)
 
     def _serve(self, raw, index, deadline):
         try:

@@ -155,12 +155,14 @@ class Conn:
                     self.open_streams.discard(sid)
 
 
-class HostileDoh:
+class HostileDoh(hostile.ThreadedServer):
     """The server.  `script` is any object with on_request(conn, req), called
     for each complete request, and on_idle(conn), called when a connection
     has been quiet for TICK; both run in that connection's thread, so
     per-connection state needs no lock on conn.state.  max_streams is the
     SETTINGS_MAX_CONCURRENT_STREAMS it announces (h2's 100 by default)."""
+
+    kind = "hostile-h2"
 
     def __init__(self, name, address, cert, script, alpn=("h2",), max_streams=None):
         self.name = name
@@ -221,55 +223,13 @@ class HostileDoh:
         self._ctx.set_alpn_protocols(self.alpn)
         # Listening before start() returns, so no readiness probe (which
         # would count as a connection) is needed.
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((self.address, self.port))
-        self._listener.listen(16)
-        self._listener.settimeout(TICK)
-        self._spawn(self._accept_loop, "accept")
+        self._listen()
         self.log(f"listening on {self.address}:{self.port}, ALPN {self.alpn}")
         return self
 
-    def stop(self):
-        """Stop every thread; returns what did not stop in time."""
-        self._stop.set()
-        problems = []
-        for t in self._threads:
-            t.join(JOIN_TIMEOUT)
-            if t.is_alive():
-                problems.append(f"hostile-h2 {self.name}: thread {t.name} still "
-                                f"running {JOIN_TIMEOUT}s after stop")
-        if self._listener is not None:
-            self._listener.close()
-        return problems
-
-    def _spawn(self, target, tname, *args):
-        t = threading.Thread(target=target, args=args, daemon=True,
-                             name=f"hostile-h2-{self.name}-{tname}")
-        self._threads.append(t)
-        t.start()
-
-    def _accept_loop(self):
-        deadline = time.monotonic() + LIFETIME
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                raw, peer = self._listener.accept()
-            except (socket.timeout, BlockingIOError):
-                continue
-            except OSError as e:
-                self.log(f"accept: {e}")
-                return
-            with self._lock:
-                self.connections += 1
-                index = self.connections
-            self.log(f"conn {index}: accepted from {peer[0]}:{peer[1]}")
-            if index > MAX_CONNECTIONS:
-                self.log(f"conn {index}: over {MAX_CONNECTIONS}, refused")
-                raw.close()
-                with self._lock:
-                    self._finished.add(index)
-                continue
-            self._spawn(self._serve, f"conn{index}", raw, index, deadline)
+    def _refused(self, index):
+        with self._lock:
+            self._finished.add(index)
 
     def _serve(self, raw, index, deadline):
         try:
