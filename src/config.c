@@ -8,11 +8,13 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <ini.h>
 
 #include "stubborn/config.h"
+#include "stubborn/sandbox.h"
 
 #define LINE_MAX_LEN	1024
 
@@ -479,7 +481,7 @@ parse_file(struct parse_ctx *ctx, const char *v, char **out)
 	*out = NULL;
 	if (*v == '\0')
 		return NULL;
-	if (access(v, R_OK) != 0) {
+	if (access(sandbox_path(v), R_OK) != 0) {
 		snprintf(ctx->msg, sizeof(ctx->msg), "cannot read '%s': %s",
 		    v, strerror(errno));
 		return ctx->msg;
@@ -565,6 +567,52 @@ static const char *
 p_user(struct parse_ctx *ctx, const char *v)
 {
 	return parse_string(v, &ctx->cfg->user);
+}
+
+static const char *
+p_chroot(struct parse_ctx *ctx, const char *v)
+{
+	if (*v != '\0' && *v != '/') {
+		snprintf(ctx->msg, sizeof(ctx->msg),
+		    "chroot must be an absolute path, not '%s'", v);
+		return ctx->msg;
+	}
+	return parse_string(v, &ctx->cfg->chroot);
+}
+
+static const char *
+p_seccomp(struct parse_ctx *ctx, const char *v)
+{
+	if (strcmp(v, "yes") == 0)
+		ctx->cfg->seccomp = true;
+	else if (strcmp(v, "no") == 0)
+		ctx->cfg->seccomp = false;
+	else {
+		snprintf(ctx->msg, sizeof(ctx->msg),
+		    "seccomp must be yes or no, not '%s'", v);
+		return ctx->msg;
+	}
+	return NULL;
+}
+
+const char *const log_level_names[] = {
+	[LOG_ERR] = "error", [LOG_WARNING] = "warning",
+	[LOG_NOTICE] = "notice", [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+};
+
+static const char *
+p_log_level(struct parse_ctx *ctx, const char *v)
+{
+	int i;
+
+	for (i = LOG_ERR; i <= LOG_DEBUG; i++)
+		if (strcmp(v, log_level_names[i]) == 0) {
+			ctx->cfg->log_level = i;
+			return NULL;
+		}
+	snprintf(ctx->msg, sizeof(ctx->msg), "log-level must be error, "
+	    "warning, notice, info or debug, not '%s'", v);
+	return ctx->msg;
 }
 
 static const char *
@@ -767,6 +815,9 @@ static const struct item items[] = {
 	{ SEC_SERVER, "listen", p_listen, true, NULL },
 	{ SEC_SERVER, "allow", p_allow, true, NULL },
 	{ SEC_SERVER, "user", p_user, false, NULL },
+	{ SEC_SERVER, "chroot", p_chroot, false, NULL },
+	{ SEC_SERVER, "seccomp", p_seccomp, false, NULL },
+	{ SEC_SERVER, "log-level", p_log_level, false, NULL },
 	{ SEC_SERVER, "strategy", p_strategy, false, NULL },
 	{ SEC_SERVER, "state-dir", p_state_dir, false, NULL },
 	{ SEC_SERVER, "metrics", p_metrics, false, NULL },
@@ -962,6 +1013,8 @@ defaults(struct parse_ctx *ctx)
 	listen_one(ctx, "[::1]:53");
 	cfg->listen_default = true;
 	cfg->state_dir = xstrdup("/var/lib/stubborn");
+	cfg->seccomp = true;
+	cfg->log_level = LOG_INFO;
 	cfg->cache_size = 10000;
 	cfg->cache_max_ttl = 86400;
 	cfg->cache_serve_stale = 0;
@@ -1045,7 +1098,7 @@ config_load(const char *path, bool must_exist, FILE *errs)
 	ctx.path = path ? path : "(built-in)";
 	defaults(&ctx);
 	if (path != NULL) {
-		ctx.fp = fopen(path, "r");
+		ctx.fp = fopen(sandbox_path(path), "r");
 		if (ctx.fp == NULL && (errno != ENOENT || must_exist)) {
 			fprintf(errs, "%s: %s\n", path, strerror(errno));
 			config_free(cfg);
@@ -1096,6 +1149,7 @@ config_free(struct config *cfg)
 	free(cfg->listen);
 	free(cfg->allow);
 	free(cfg->user);
+	free(cfg->chroot);
 	free(cfg->state_dir);
 	free(cfg->metrics);
 	free(cfg->ca_file);
@@ -1132,9 +1186,11 @@ config_print(const struct config *cfg, FILE *out)
 		print_cidr(&cfg->allow[i], out);
 	}
 	/* Keys this version accepts but does not act on are shown as such. */
-	fprintf(out, "\nuser = %s\nstrategy = %s\nstate-dir = %s\n"
-	    "metrics = %s\n",
-	    cfg->user ? cfg->user : "", strategy_str[cfg->strategy],
+	fprintf(out, "\nuser = %s\nchroot = %s\nseccomp = %s\n"
+	    "log-level = %s\nstrategy = %s\nstate-dir = %s\nmetrics = %s\n",
+	    cfg->user ? cfg->user : "", cfg->chroot ? cfg->chroot : "",
+	    cfg->seccomp ? "yes" : "no", log_level_names[cfg->log_level],
+	    strategy_str[cfg->strategy],
 	    cfg->state_dir ? cfg->state_dir : "",
 	    cfg->metrics ? config_addr_str(cfg->metrics, buf, sizeof(buf)) : "");
 	fprintf(out, "\n[cache]\nsize = %ld\nmax-ttl = %ld\n"

@@ -373,6 +373,18 @@ listener_stop(struct listener *l)
 		evconnlistener_disable(l->tcp[i]);
 }
 
+bool
+listener_busy(const struct listener *l)
+{
+	struct tcp_client *tc;
+
+	TAILQ_FOREACH(tc, &l->clients, entry)
+		if (tc->bev != NULL &&
+		    evbuffer_get_length(bufferevent_get_output(tc->bev)) > 0)
+			return true;
+	return false;
+}
+
 void
 listener_free(struct listener *l)
 {

@@ -17,6 +17,7 @@
 
 static int log_foreground = 1;
 static const char *incident_hook;
+static void (*hook_runner)(const char *, const char *) = log_run_hook;
 static int log_level = LOG_INFO;
 
 static const char *const log_level_str[] = {
@@ -165,8 +166,14 @@ log_set_incident_hook(const char *cmd)
  * hook outlives its timeout.  The JSON goes through a pipe that holds it
  * whole.  After fork only async-signal-safe calls are made.
  */
-static void
-run_hook(const char *json)
+void
+log_set_hook_runner(void (*fn)(const char *, const char *))
+{
+	hook_runner = fn != NULL ? fn : log_run_hook;
+}
+
+void
+log_run_hook(const char *cmd, const char *json)
 {
 	size_t len = strlen(json);
 	int p[2], st;
@@ -197,7 +204,7 @@ run_hook(const char *json)
 		if ((hook = fork()) == 0) {
 			if (dup2(p[0], STDIN_FILENO) == -1)
 				_exit(127);
-			execl("/bin/sh", "sh", "-c", incident_hook,
+			execl("/bin/sh", "sh", "-c", cmd,
 			    (char *)NULL);
 			_exit(127);
 		}
@@ -223,5 +230,5 @@ log_incident(const char *json)
 	} else
 		syslog(LOG_ALERT, "%s", json);
 	if (incident_hook != NULL)
-		run_hook(json);
+		hook_runner(incident_hook, json);
 }

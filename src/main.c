@@ -6,7 +6,6 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,15 +112,6 @@ cmd_check_config(int argc, char **argv)
 	return 0;
 }
 
-static void
-stop_cb(evutil_socket_t sig, short ev, void *arg)
-{
-	(void)ev;
-	log_info("signal %d: shutting down", (int)sig);
-	event_base_loopbreak(arg);
-}
-
-
 /* True when some upstream runs the CT step. */
 static bool
 ct_wanted(const struct config *cfg)
@@ -153,7 +143,7 @@ load_ct_list(const struct config *cfg)
 		return NULL;
 	if ((fp = open_memstream(&errs, &len)) == NULL)
 		fatal("open_memstream");
-	list = ct_loglist_load(cfg->ct_log_list, fp);
+	list = ct_loglist_load(sandbox_path(cfg->ct_log_list), fp);
 	fclose(fp);
 	for (line = strtok_r(errs, "\n", &save); line != NULL;
 	    line = strtok_r(NULL, "\n", &save))
@@ -184,8 +174,7 @@ struct refresh {
 	struct ct_loglist	*cur;
 	struct ct_loglist	*prev;
 	struct event		*timer;
-	struct event		*sigchld;
-	pid_t			 child;
+	bool			 running;
 };
 
 static void
@@ -197,41 +186,13 @@ refresh_arm(struct refresh *rf, long sec)
 }
 
 static void
-refresh_timo(evutil_socket_t fd, short ev, void *arg)
-{
-	struct refresh *rf = arg;
-	char *args[] = { (char *)"stubborn", (char *)"update-log-list",
-	    (char *)"-c", (char *)rf->conf_path, NULL };
-	extern char **environ;
-	int e;
-
-	(void)fd;
-	(void)ev;
-	refresh_arm(rf, REFRESH_EVERY_SEC);
-	if (rf->child > 0)
-		return;		/* the last one is still at it */
-	e = posix_spawn(&rf->child, "/proc/self/exe", NULL, NULL, args,
-	    environ);
-	if (e != 0) {
-		rf->child = 0;
-		log_warnx("CT log list refresh: cannot start: %s",
-		    strerror(e));
-	}
-}
-
-static void
-refresh_done(evutil_socket_t sig, short ev, void *arg)
+refresh_done(int st, void *arg)
 {
 	struct refresh *rf = arg;
 	struct ct_loglist *list;
-	int st;
 
-	(void)sig;
-	(void)ev;
-	if (rf->child <= 0 || waitpid(rf->child, &st, WNOHANG) != rf->child)
-		return;
-	rf->child = 0;
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+	rf->running = false;
+	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 		log_warnx("CT log list refresh from %s failed; the current "
 		    "list stays", rf->cfg->ct_log_list_url);
 		return;
@@ -244,6 +205,25 @@ refresh_done(evutil_socket_t sig, short ev, void *arg)
 	rf->cur = list;
 }
 
+/* The launcher runs it: outside the sandbox, as the configured user. */
+static void
+refresh_timo(evutil_socket_t fd, short ev, void *arg)
+{
+	struct refresh *rf = arg;
+	char *args[] = { (char *)"stubborn", (char *)"update-log-list",
+	    (char *)"-c", (char *)rf->conf_path, NULL };
+
+	(void)fd;
+	(void)ev;
+	refresh_arm(rf, REFRESH_EVERY_SEC);
+	if (rf->running)
+		return;		/* the last one is still at it */
+	if (sandbox_launch(args, refresh_done, rf) != 0)
+		log_warnx("CT log list refresh: cannot start it");
+	else
+		rf->running = true;
+}
+
 static int
 refresh_start(struct refresh *rf, struct event_base *base)
 {
@@ -253,10 +233,7 @@ refresh_start(struct refresh *rf, struct event_base *base)
 
 	if (rf->cfg->ct_log_list_url == NULL || !ct_wanted(rf->cfg))
 		return 0;
-	rf->timer = evtimer_new(base, refresh_timo, rf);
-	rf->sigchld = evsignal_new(base, SIGCHLD, refresh_done, rf);
-	if (rf->timer == NULL || rf->sigchld == NULL ||
-	    evsignal_add(rf->sigchld, NULL) != 0)
+	if ((rf->timer = evtimer_new(base, refresh_timo, rf)) == NULL)
 		return -1;
 	refresh_arm(rf, soon ? REFRESH_SOON_SEC : REFRESH_EVERY_SEC);
 	return 0;
@@ -267,20 +244,76 @@ refresh_stop(struct refresh *rf)
 {
 	if (rf->timer != NULL)
 		event_free(rf->timer);
-	if (rf->sigchld != NULL)
-		event_free(rf->sigchld);
 	ct_loglist_free(rf->prev);
 	ct_loglist_free(rf->cur);
 }
 
 /* What SIGHUP swaps: the running daemon's parts that hold the conf. */
 struct daemon {
-	struct run_opts	 opts;
-	struct config	*cfg;
-	struct resolver	*r;
-	struct listener	*l;
-	struct refresh	*rf;
+	struct run_opts		 opts;
+	struct config		*cfg;
+	struct event_base	*base;
+	struct resolver		*r;
+	struct listener		*l;
+	struct refresh		*rf;
+	struct event		*drain;
+	struct timeval		 stop_at;
 };
+
+/*
+ * SIGTERM or SIGINT: stop taking queries, give those in flight up to
+ * STOP_GRACE_MS to be answered and written, then leave the loop (what is
+ * left gets SERVFAIL).  A second signal leaves at once.
+ */
+#define STOP_GRACE_MS	900
+#define STOP_POLL_MS	20
+
+static void
+drain_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct daemon *d = arg;
+	struct timeval now, tick = { 0, STOP_POLL_MS * 1000 };
+
+	(void)fd;
+	(void)ev;
+	event_base_gettimeofday_cached(d->base, &now);
+	if ((resolver_pending(d->r) == 0 && !listener_busy(d->l)) ||
+	    !timercmp(&now, &d->stop_at, <)) {
+		event_base_loopbreak(d->base);
+		return;
+	}
+	evtimer_add(d->drain, &tick);
+}
+
+static void
+stop_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	struct daemon *d = arg;
+	struct timeval grace = { 0, STOP_GRACE_MS * 1000 };
+
+	(void)ev;
+	if (d->drain != NULL) {
+		event_base_loopbreak(d->base);
+		return;
+	}
+	log_info("signal %d: shutting down (%zu queries in flight)",
+	    (int)sig, resolver_pending(d->r));
+	listener_stop(d->l);
+	event_base_gettimeofday_cached(d->base, &d->stop_at);
+	timeradd(&d->stop_at, &grace, &d->stop_at);
+	if ((d->drain = evtimer_new(d->base, drain_cb, d)) == NULL) {
+		event_base_loopbreak(d->base);
+		return;
+	}
+	drain_cb(-1, 0, d);
+}
+
+static bool
+same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) ||
+	    (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
 
 static bool
 same_listen(const struct config *a, const struct config *b)
@@ -323,6 +356,13 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	if (!same_listen(d->cfg, cfg))
 		log_warnx("reload: listen changes need a restart; the current "
 		    "sockets stay");
+	if (!same_str(d->cfg->user, cfg->user) ||
+	    !same_str(d->cfg->chroot, cfg->chroot) ||
+	    d->cfg->seccomp != cfg->seccomp)
+		log_warnx("reload: user, chroot and seccomp changes need a "
+		    "restart");
+	if (tls_system_store_reload() != 0)
+		log_debug("reload: the system trust store read at start stays");
 	list = load_ct_list(cfg);
 	if (resolver_reload(d->r, cfg, list) != 0) {
 		log_warnx("reload: cannot set up the new upstreams; the "
@@ -333,6 +373,8 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	}
 	listener_set_config(d->l, cfg);
 	log_set_incident_hook(cfg->on_incident);
+	if (!d->opts.verbose)
+		log_setlevel(cfg->log_level);
 	/* No handshake uses the previous list any more: all were closed. */
 	ct_loglist_free(d->rf->prev);
 	d->rf->prev = d->rf->cur;
@@ -342,6 +384,54 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	d->cfg = cfg;
 	log_info("reloaded %s: %zu upstreams", d->opts.conf,
 	    cfg->nupstreams);
+}
+
+/* Files the daemon reads again later must be inside its chroot. */
+static void
+chroot_check(const struct config *cfg, const char *conf)
+{
+	const char *what[4] = { conf, cfg->state_dir, cfg->ca_file,
+	    ct_wanted(cfg) ? cfg->ct_log_list : NULL };
+	size_t i;
+
+	for (i = 0; i < 4; i++)
+		if (what[i] != NULL &&
+		    !sandbox_path_under(what[i], cfg->chroot))
+			log_warnx("%s is outside chroot %s: the daemon "
+			    "cannot read it again", what[i], cfg->chroot);
+	for (i = 0; i < cfg->nupstreams; i++)
+		if (cfg->upstreams[i].ca_file != NULL &&
+		    !sandbox_path_under(cfg->upstreams[i].ca_file,
+		    cfg->chroot))
+			log_warnx("%s is outside chroot %s: the daemon "
+			    "cannot read it again",
+			    cfg->upstreams[i].ca_file, cfg->chroot);
+}
+
+/*
+ * Acquire (sockets, files, the launcher), then drop (chroot, user,
+ * capabilities), then restrict (seccomp).
+ */
+static int
+sandbox(const struct config *cfg, const struct run_opts *o,
+    struct event_base *base)
+{
+	int rc;
+
+	if (sandbox_launcher_start(base, cfg->user) != 0)
+		return -1;
+	if (cfg->chroot != NULL)
+		chroot_check(cfg, o->conf);
+	if (sandbox_drop_privileges(cfg->user, cfg->chroot) != 0)
+		return -1;
+	if (sandbox_drop_capabilities() != 0)
+		return -1;
+	if (!cfg->seccomp)
+		return 0;
+	if ((rc = sandbox_seccomp()) == 1)
+		log_warnx("seccomp = yes, but this build has no seccomp "
+		    "support");
+	return rc == -1 ? -1 : 0;
 }
 
 static int
@@ -355,7 +445,7 @@ cmd_run(int argc, char **argv)
 	struct refresh rf = { 0 };
 	struct metrics_server *ms = NULL;
 	struct event *sigs[4] = { NULL };
-	struct daemon d;
+	struct daemon d = { 0 };
 	int rc = 1;
 	size_t i;
 
@@ -363,7 +453,7 @@ cmd_run(int argc, char **argv)
 		return EXIT_USAGE;
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
 		return EXIT_USAGE;
-	log_init(1, o.verbose ? LOG_DEBUG : LOG_INFO);
+	log_init(1, o.verbose ? LOG_DEBUG : cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
@@ -381,25 +471,26 @@ cmd_run(int argc, char **argv)
 	if (cfg->metrics != NULL &&
 	    (ms = metrics_start(base, cfg->metrics, r)) == NULL)
 		goto done;
-	if (cfg->user != NULL && sandbox_drop_privileges(cfg->user) != 0)
-		goto done;
 	if (!o.foreground) {
 		if (daemon(0, 0) == -1)
 			fatal("daemon");
-		log_init(0, o.verbose ? LOG_DEBUG : LOG_INFO);
+		log_init(0, o.verbose ? LOG_DEBUG : cfg->log_level);
 		if (event_reinit(base) != 0)
 			fatalx("event_reinit failed");
 	}
+	if (sandbox(cfg, &o, base) != 0)
+		goto done;
 	rf.r = r;
 	if (refresh_start(&rf, base) != 0)
 		fatalx("cannot set up the CT log list refresh");
-	sigs[0] = evsignal_new(base, SIGTERM, stop_cb, base);
-	sigs[1] = evsignal_new(base, SIGINT, stop_cb, base);
 	d.opts = o;
 	d.cfg = cfg;
+	d.base = base;
 	d.r = r;
 	d.l = l;
 	d.rf = &rf;
+	sigs[0] = evsignal_new(base, SIGTERM, stop_cb, &d);
+	sigs[1] = evsignal_new(base, SIGINT, stop_cb, &d);
 	sigs[2] = evsignal_new(base, SIGHUP, hup_cb, &d);
 	for (i = 0; i < 3; i++)
 		if (sigs[i] == NULL || evsignal_add(sigs[i], NULL) != 0)
@@ -418,10 +509,13 @@ done:
 	for (i = 0; i < 3; i++)
 		if (sigs[i] != NULL)
 			event_free(sigs[i]);
+	if (d.drain != NULL)
+		event_free(d.drain);
 	/* Let the deferred frees of closed connections run. */
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	refresh_stop(&rf);
+	sandbox_launcher_stop();
 	event_base_free(base);
 	config_free(cfg);
 	return rc;

@@ -284,6 +284,12 @@ resolver_cache_count(const struct resolver *r)
 	return cache_count(r->cache);
 }
 
+size_t
+resolver_pending(const struct resolver *r)
+{
+	return r->nqueries;
+}
+
 void
 resolver_set_ct_list(struct resolver *r, const struct ct_loglist *list)
 {

@@ -20,6 +20,7 @@
 
 #include "stubborn/ct.h"
 #include "stubborn/log.h"
+#include "stubborn/sandbox.h"
 #include "stubborn/tls.h"
 
 static int gate_idx = -1;
@@ -136,7 +137,8 @@ tls_store_load(X509_STORE *store, const char *ca_file)
 	bool any = false;
 
 	if (ca_file != NULL)
-		return X509_STORE_load_file(store, ca_file) == 1 ? 0 : -1;
+		return X509_STORE_load_file(store, sandbox_path(ca_file)) == 1 ?
+		    0 : -1;
 	/* The same places and environment overrides as the defaults. */
 	if ((file = getenv(X509_get_default_cert_file_env())) == NULL)
 		file = X509_get_default_cert_file();
@@ -223,6 +225,28 @@ tls_describe_error(struct bufferevent *bev, short events, char *why,
 		snprintf(why, whysz, "connection failed");
 }
 
+/*
+ * The system store, loaded once and shared by every context that uses
+ * it: one copy in memory, and a reload in a chroot without the bundle
+ * keeps the one read at start.
+ */
+static X509_STORE *system_store;
+
+int
+tls_system_store_reload(void)
+{
+	X509_STORE *s = X509_STORE_new();
+
+	if (s == NULL || tls_store_load(s, NULL) != 0) {
+		X509_STORE_free(s);
+		ERR_clear_error();
+		return -1;
+	}
+	X509_STORE_free(system_store);
+	system_store = s;
+	return 0;
+}
+
 SSL_CTX *
 tls_ctx_new(const char *ca_file)
 {
@@ -240,8 +264,15 @@ tls_ctx_new(const char *ca_file)
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
-	if (tls_store_load(SSL_CTX_get_cert_store(ctx), ca_file) != 0) {
-		log_crypto(ca_file ? ca_file : "loading the system trust store");
+	if (ca_file == NULL) {
+		if (system_store == NULL && tls_system_store_reload() != 0) {
+			log_warnx("cannot load the system trust store");
+			SSL_CTX_free(ctx);
+			return NULL;
+		}
+		SSL_CTX_set1_cert_store(ctx, system_store);
+	} else if (tls_store_load(SSL_CTX_get_cert_store(ctx), ca_file) != 0) {
+		log_crypto(ca_file);
 		SSL_CTX_free(ctx);
 		return NULL;
 	}

@@ -8,6 +8,7 @@
 
 #include "stubborn/log.h"
 #include "stubborn/tls.h"
+#include "stubborn/sandbox.h"
 #include "stubborn/upstream.h"
 #include "transport.h"
 
@@ -81,7 +82,8 @@ quarantine_save(struct upstream_pool *pool)
 
 	if (dir == NULL)
 		return;
-	snprintf(path, sizeof(path), "%s/%s", dir, QUARANTINE_FILE);
+	snprintf(path, sizeof(path), "%s/%s", sandbox_path(dir),
+	    QUARANTINE_FILE);
 	snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
 	if ((fd = mkstemp(tmp)) == -1 || (fp = fdopen(fd, "w")) == NULL) {
 		log_warn("cannot keep quarantines in %s", dir);
@@ -116,8 +118,8 @@ quarantine_load(struct upstream_pool *pool)
 
 	if (pool->cfg->state_dir == NULL)
 		return;
-	snprintf(path, sizeof(path), "%s/%s", pool->cfg->state_dir,
-	    QUARANTINE_FILE);
+	snprintf(path, sizeof(path), "%s/%s",
+	    sandbox_path(pool->cfg->state_dir), QUARANTINE_FILE);
 	if ((fp = fopen(path, "r")) == NULL)
 		return;		/* none yet */
 	while (fgets(line, sizeof(line), fp) != NULL) {

@@ -65,6 +65,8 @@ enum strategy {
 	STRATEGY_FASTEST,	/* the usable one with the lowest RTT */
 };
 extern const char *const strategy_str[];
+/* log-level values by syslog level, LOG_ERR .. LOG_DEBUG. */
+extern const char *const log_level_names[];
 
 struct config {
 	char			*path;		/* NULL for built-in defaults */
@@ -76,6 +78,9 @@ struct config {
 	struct cidr		*allow;
 	size_t			 nallow;
 	char			*user;
+	char			*chroot;	/* NULL: none */
+	bool			 seccomp;
+	int			 log_level;	/* LOG_ERR .. LOG_DEBUG */
 	char			*state_dir;
 	struct addr		*metrics;	/* NULL: off */
 

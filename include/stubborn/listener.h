@@ -5,6 +5,7 @@
 #ifndef STUBBORN_LISTENER_H
 #define STUBBORN_LISTENER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -41,6 +42,9 @@ void	listener_set_config(struct listener *l, const struct config *cfg);
 
 /* Stop accepting and reading; answers can still be written. */
 void	listener_stop(struct listener *l);
+
+/* True while a TCP client has answers not yet written out. */
+bool	listener_busy(const struct listener *l);
 
 /* Close every socket and free l; NULL is a no-op. */
 void	listener_free(struct listener *l);

@@ -46,4 +46,13 @@ void	log_incident(const char *json);
 #define LOG_HOOK_TIMEOUT_SEC	10
 void	log_set_incident_hook(const char *cmd);
 
+/* Run cmd with json on its standard input, detached, as described above. */
+void	log_run_hook(const char *cmd, const char *json);
+
+/*
+ * Hand incident hooks to fn (NULL: log_run_hook in this process), e.g.
+ * to a process outside the sandbox.
+ */
+void	log_set_hook_runner(void (*fn)(const char *cmd, const char *json));
+
 #endif

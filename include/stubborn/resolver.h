@@ -43,6 +43,9 @@ struct upstream_pool *resolver_pool(struct resolver *r);
 /* Answers held in the cache. */
 size_t	resolver_cache_count(const struct resolver *r);
 
+/* Questions still waiting for an answer. */
+size_t	resolver_pending(const struct resolver *r);
+
 /* Answer SERVFAIL to every query still waiting, then free r. */
 void	resolver_free(struct resolver *r);
 

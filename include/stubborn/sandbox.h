@@ -1,14 +1,68 @@
 /*
  * Giving up what the running resolver does not need, in the order
- * acquire, then drop, then restrict.
+ * acquire, then drop, then restrict: sockets are bound and files read as
+ * root, a launcher process is split off for the programs the daemon runs
+ * (the on-incident hook, the CT log list refresh), then the daemon enters
+ * its chroot, switches user, drops every capability and closes itself in
+ * a seccomp filter.
  */
 #ifndef STUBBORN_SANDBOX_H
 #define STUBBORN_SANDBOX_H
 
+#include <stdbool.h>
+
+#include <event2/event.h>
+
 /*
- * Switch to user's uid, gid and only its primary group, then check the
- * switch cannot be undone.  Returns 0, or -1 (logged).
+ * Enter dir as the root directory (NULL: stay), then switch to user's
+ * uid, gid and only its primary group (NULL: stay) and check the switch
+ * cannot be undone.  Returns 0, or -1 (logged).
  */
-int	sandbox_drop_privileges(const char *user);
+int	sandbox_drop_privileges(const char *user, const char *dir);
+
+/*
+ * Start the launcher: a child that stays outside the chroot and the
+ * seccomp filter, runs as user (NULL: the current one) and starts the
+ * programs the daemon asks for.  From now on incident hooks go through
+ * it.  It exits when the daemon does.  Returns 0, or -1 (logged).
+ */
+int	sandbox_launcher_start(struct event_base *base, const char *user);
+
+/*
+ * Ask the launcher to run this binary with argv (NULL-terminated, argv[0]
+ * included); done(status, arg) runs in the event loop with its wait
+ * status, or -1 when it could not start.  One at a time: -1 while
+ * another is running or without a launcher.
+ */
+int	sandbox_launch(char *const argv[], void (*done)(int, void *),
+	    void *arg);
+
+/* Stop the launcher (it is told by end of file) and reap it. */
+void	sandbox_launcher_stop(void);
+
+/* Enter dir as the root directory.  Returns 0, or -1 (logged). */
+int	sandbox_chroot(const char *dir);
+
+/*
+ * path as the process sees it after sandbox_chroot: with the chroot's
+ * prefix taken off when path lies under it, else unchanged.
+ */
+const char *sandbox_path(const char *path);
+
+/* True when path (absolute) lies under dir. */
+bool	sandbox_path_under(const char *path, const char *dir);
+
+/*
+ * Drop every capability (effective, permitted, inheritable, ambient) and
+ * forbid regaining any through exec.  Returns 0, or -1 (logged).
+ */
+int	sandbox_drop_capabilities(void);
+
+/*
+ * Allow only the system calls the running resolver makes; any other kills
+ * the process.  Returns 0, -1 (logged) on failure, or 1 when this build
+ * has no seccomp support.
+ */
+int	sandbox_seccomp(void);
 
 #endif

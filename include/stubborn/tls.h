@@ -52,6 +52,12 @@ void	tls_init(void);
 int	tls_store_load(X509_STORE *store, const char *ca_file);
 
 /*
+ * Read the system store again for the contexts made from now on (a
+ * reload); on failure the one in use stays.  0 or -1.
+ */
+int	tls_system_store_reload(void);
+
+/*
  * A client SSL_CTX trusting ca_file alone, or the system store when NULL.
  * Returns NULL (logged) when the store cannot be loaded.
  */

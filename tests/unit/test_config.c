@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 
 #include "stubborn/config.h"
 
@@ -193,6 +194,9 @@ defaults(void **state)
 	fflush(fp);
 	assert_non_null(cfg);
 	assert_int_equal(cfg->nlisten, 2);
+	assert_true(cfg->seccomp);
+	assert_int_equal(cfg->log_level, LOG_INFO);
+	assert_null(cfg->chroot);
 	assert_int_equal(cfg->nallow, 2);
 	assert_int_equal(cfg->quarantine, 3600);
 	assert_true(cfg->nupstreams >= 2);
@@ -242,6 +246,11 @@ bad_files(void **state)
 	rejects("bad-many.conf", 11, "bad address 'localhost'");
 	rejects("bad-many.conf", 12, "syntax error");
 	rejects("bad-many.conf", 10, "upstream 'b' has no url");
+	rejects("bad-sandbox.conf", 2, "seccomp must be yes or no, not 'maybe'");
+	rejects("bad-sandbox.conf", 3, "log-level must be error, warning, "
+	    "notice, info or debug, not 'loud'");
+	rejects("bad-sandbox.conf", 4,
+	    "chroot must be an absolute path, not 'var/empty'");
 }
 
 int

@@ -1,0 +1,260 @@
+"""The running daemon's sandbox (chroot, user, no capabilities, seccomp),
+its launcher, `log-level`, and a graceful SIGTERM."""
+
+import os
+import pwd
+import re
+import shutil
+import tempfile
+import signal
+import socket
+import time
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import pytest
+
+import clients
+import servers
+import slow
+
+root_only = pytest.mark.skipif(os.geteuid() != 0,
+                               reason="the sandbox's drop needs root; run the suite as root")
+
+
+def _status(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()
+    return fields
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _nobody():
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this system has no user 'nobody'")
+
+
+def _answers(port, i, tcp=False):
+    q, r = clients.ask(port, servers.zone_name(i), "A", tcp=tcp)
+    assert r.id == q.id
+    assert clients.answer_strings(r, "A") == [servers.zone_a(i)]
+
+
+@root_only
+def test_the_daemon_keeps_nothing_it_does_not_need(upstream, stubborn, certs):
+    nobody = _nobody()
+    up = upstream("first")
+    s = stubborn([up.spec(pins=[certs["good"].pin])], server_extra=["user = nobody"])
+    _answers(s.port, 70)
+    _answers(s.port, 71, tcp=True)
+
+    st = _status(s.proc.pid)
+    assert st["Uid"] == [str(nobody.pw_uid)] * 4, st["Uid"]
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(st[caps][0], 16) == 0, (caps, st[caps])
+    assert st["NoNewPrivs"] == ["1"]
+    assert st["Seccomp"] == ["2"], "no seccomp filter on the daemon"
+    assert "seccomp filter on" in s.log_text()
+
+    # The launcher: outside the filter (it starts programs), but no more
+    # privileged than the daemon.
+    kids = _children(s.proc.pid)
+    assert len(kids) == 1, kids
+    with open(f"/proc/{kids[0]}/comm") as f:
+        assert f.read().strip() == "stubborn-launch"
+    lst = _status(kids[0])
+    assert lst["Uid"] == [str(nobody.pw_uid)] * 4, lst["Uid"]
+    assert int(lst["CapEff"][0], 16) == 0
+    assert lst["Seccomp"] == ["0"]
+    # Reloads under the filter: test_reload.py runs with it on (the default).
+
+
+def test_seccomp_can_be_turned_off(upstream, stubborn, certs):
+    up = upstream("first")
+    s = stubborn([up.spec(pins=[certs["good"].pin])], server_extra=["seccomp = no"])
+    _answers(s.port, 73)
+    assert _status(s.proc.pid)["Seccomp"] == ["0"]
+    assert "seccomp filter on" not in s.log_text()
+
+
+def test_seccomp_on_by_default(upstream, stubborn, certs):
+    up = upstream("first")
+    s = stubborn([up.spec(pins=[certs["good"].pin])])
+    _answers(s.port, 74)
+    assert _status(s.proc.pid)["Seccomp"] == ["2"]
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory another user can reach (pytest's own are root's alone)."""
+    d = Path(tempfile.mkdtemp(prefix="stubborn-test-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@root_only
+def test_hook_runs_as_the_configured_user(upstream, stubborn, certs, shared_dir):
+    nobody = _nobody()
+    bad, good = upstream("first", "rogue"), upstream("second", "good")
+    out = shared_dir
+    hook = shared_dir / "hook.sh"
+    hook.write_text(f"id -u > {out}/uid.tmp\nmv {out}/uid.tmp {out}/uid\n")
+    hook.chmod(0o755)
+    s = stubborn([bad.spec(pins=[certs["good"].pin]), good.spec(pins=[certs["good"].pin])],
+                 server_extra=["user = nobody"], trust_extra=[f"on-incident = sh {hook}"])
+    q, r = clients.ask(s.port, servers.who_name("hookuser"), "TXT")
+    assert clients.answer_strings(r, "TXT") == ["second"]
+    uid = out / "uid"
+    assert slow.wait_until(uid.exists), "the hook did not run under the filter"
+    assert uid.read_text().strip() == str(nobody.pw_uid)
+
+
+@pytest.fixture
+def no_leak_check(monkeypatch):
+    """LeakSanitizer reads /proc at exit, which a chroot does not have: the
+    sanitizer build checks leaks everywhere but here."""
+    opts = os.environ.get("ASAN_OPTIONS", "")
+    monkeypatch.setenv("ASAN_OPTIONS", f"{opts}:detect_leaks=0" if opts else "detect_leaks=0")
+
+
+@root_only
+def test_chroot(stubborn_bin, upstream, certs, tmp_path, ipv6, request, no_leak_check):
+    _nobody()
+    jail = tmp_path / "jail"
+    (jail / "state").mkdir(parents=True)
+    shutil.copy(certs.root_pem, jail / "root.pem")
+    up = upstream("first")
+    listen = ["127.0.0.1"] + (["::1"] if ipv6 else [])
+    port = servers.free_port(listen)
+    text = servers.stubborn_conf(
+        port, [up.spec(pins=[certs["good"].pin])], jail / "root.pem", ipv6,
+        server_extra=[f"chroot = {jail}", "user = nobody", f"state-dir = {jail}/state"])
+    s = servers.Stubborn(stubborn_bin, jail, port, text)
+    try:
+        s.start()
+        _answers(s.port, 75)
+        assert os.readlink(f"/proc/{s.proc.pid}/root") == str(jail)
+        assert "outside chroot" not in s.log_text()
+        # The conf and the CA file are read again from inside the jail.
+        s.conf.write_text(text + "\n[upstream second]\nurl = tls://dns.test:1\n"
+                          "address = 127.0.0.1\n")
+        s.proc.send_signal(signal.SIGHUP)
+        assert slow.wait_until(lambda: "reloaded" in s.log_text()), s.log_text()
+        assert "2 upstreams" in s.log_text().split("reloaded")[-1]
+        _answers(s.port, 76)
+    finally:
+        status, hung = s.stop()
+        request.node.add_report_section("call", "stubborn log", s.log_text())
+    assert not hung and status == 0, (status, s.log_text())
+
+
+@root_only
+def test_chroot_warns_about_files_it_cannot_reach(stubborn_bin, upstream, certs, tmp_path,
+                                                   ipv6, no_leak_check):
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    up = upstream("first")
+    port = servers.free_port(["127.0.0.1"] + (["::1"] if ipv6 else []))
+    text = servers.stubborn_conf(port, [up.spec(pins=[certs["good"].pin])],
+                                 certs.root_pem, ipv6, server_extra=[f"chroot = {jail}"])
+    s = servers.Stubborn(stubborn_bin, tmp_path / "outside", port, text)
+    try:
+        s.start()
+        _answers(s.port, 77)
+        log = s.log_text()
+        assert f"{s.conf} is outside chroot {jail}" in log, log
+        assert f"{certs.root_pem} is outside chroot {jail}" in log, log
+    finally:
+        status, _ = s.stop()
+    assert status == 0
+
+
+def _send_udp(port, name):
+    q = dns.message.make_query(name, "TXT")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.sendto(q.to_wire(), ("127.0.0.1", port))
+    return q, sock
+
+
+def _recv(sock, timeout):
+    sock.settimeout(timeout)
+    try:
+        data, _ = sock.recvfrom(65535)
+    except socket.timeout:
+        return None
+    finally:
+        sock.close()
+    return dns.message.from_wire(data)
+
+
+def test_sigterm_answers_what_is_in_flight(hostile, stubborn):
+    h = hostile(slow.Delayed(0.3, slow.answer_for("late")), name="late")
+    s = stubborn([h.spec()])
+    q, sock = _send_udp(s.port, servers.who_name("inflight"))
+    assert slow.wait_until(lambda: len(h.queries()) >= 1), "the query never left"
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    # Once it has said so, it takes no new queries.
+    assert slow.wait_until(lambda: "shutting down" in s.log_text(), timeout=1)
+    q2, sock2 = _send_udp(s.port, servers.who_name("toolate"))
+    r = _recv(sock, 2.0)
+    assert r is not None and r.id == q.id
+    assert r.rcode() == dns.rcode.NOERROR
+    assert clients.answer_strings(r, "TXT") == ["late"]
+    assert s.proc.wait(timeout=3) == 0
+    assert time.monotonic() - t0 < 1.5
+    assert _recv(sock2, 0.2) is None
+    assert "1 queries in flight" in s.log_text()
+
+
+def test_sigterm_fails_what_cannot_finish_within_a_second(hostile, stubborn):
+    h = hostile(slow.Delayed(10, slow.answer_for("never")), name="never")
+    s = stubborn([h.spec()])
+    q, sock = _send_udp(s.port, servers.who_name("stuck"))
+    assert slow.wait_until(lambda: len(h.queries()) >= 1), "the query never left"
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    r = _recv(sock, 3.0)
+    took = time.monotonic() - t0
+    assert r is not None and r.id == q.id
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert 0.5 < took < 1.5, took
+    assert s.proc.wait(timeout=3) == 0
+
+
+def test_log_level(upstream, stubborn, certs, closed_upstream):
+    up = upstream("first")
+    quiet = stubborn([up.spec(pins=[certs["good"].pin])], server_extra=["log-level = debug"])
+    _answers(quiet.port, 78)
+    assert "debug:" in quiet.log_text()
+
+    # `ready` is an info line: wait for the port to answer instead.
+    dead = closed_upstream("dead")
+    port = servers.free_port(["127.0.0.1"])
+    s = servers.Stubborn(quiet.binary, quiet.dir.parent / "warning", port,
+                         servers.stubborn_conf(port, [dead, up.spec(pins=[certs["good"].pin])], certs.root_pem,
+                                               False, server_extra=["log-level = warning"]))
+    s.READY = re.compile("")   # `ready` is not logged at this level
+    try:
+        s.start()
+        servers.wait_listening("127.0.0.1", port, time.monotonic() + 5, s.proc, "stubborn",
+                               s.log_text, tls=False)
+        _answers(port, 79)
+        log = s.log_text()
+        assert "warning:" in log, log
+        assert "info:" not in log, log
+    finally:
+        status, _ = s.stop()
+    assert status == 0
+
