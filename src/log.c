@@ -31,7 +31,7 @@ log_init(int foreground, int level)
 {
 	log_foreground = foreground;
 	log_level = level;
-	if (!foreground)
+	if (foreground != LOG_TO_STDERR)
 		openlog("stubborn", LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
@@ -58,15 +58,15 @@ log_vwrite(int pri, const char *fmt, va_list ap, const char *suffix)
 	if (pri > log_level)
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	if (log_foreground) {
+	if (log_foreground != LOG_TO_SYSLOG) {
 		/* One fprintf per line, so lines from a crash don't interleave. */
 		fprintf(stderr, "%s: %s%s%s\n", log_level_str[pri], msg,
 		    suffix ? ": " : "", suffix ? suffix : "");
 		fflush(stderr);
-	} else {
+	}
+	if (log_foreground != LOG_TO_STDERR)
 		syslog(pri, "%s%s%s", msg, suffix ? ": " : "",
 		    suffix ? suffix : "");
-	}
 }
 
 void
@@ -224,10 +224,11 @@ log_run_hook(const char *cmd, const char *json)
 void
 log_incident(const char *json)
 {
-	if (log_foreground) {
+	if (log_foreground != LOG_TO_SYSLOG) {
 		fprintf(stderr, "%s\n", json);
 		fflush(stderr);
-	} else
+	}
+	if (log_foreground != LOG_TO_STDERR)
 		syslog(LOG_ALERT, "%s", json);
 	if (incident_hook != NULL)
 		hook_runner(incident_hook, json);

@@ -21,6 +21,8 @@
 
 #include "stubborn/config.h"
 #include "stubborn/ct.h"
+#include "stubborn/ctwatch.h"
+#include "stubborn/denylist.h"
 #include "stubborn/listener.h"
 #include "stubborn/log.h"
 #include "stubborn/metrics.h"
@@ -28,6 +30,7 @@
 #include "stubborn/sandbox.h"
 #include "stubborn/tls.h"
 #include "stubborn/trust.h"
+#include "stubborn/upstream.h"
 
 #define EXIT_CHECK_FAILED	1
 #define EXIT_USAGE		2
@@ -45,6 +48,8 @@ usage(FILE *out)
 	    "[--ca-file F]\n"
 	    "                  [--log-list F] [--at TIME] "
 	    "[--policy chrome|apple]\n"
+	    "       stubborn ct-watchlist [-c FILE]\n"
+	    "       stubborn ct-hook [-c FILE]\n"
 	    "       stubborn version\n"
 	    "\n"
 	    "  -c FILE  conf file (default %s)\n"
@@ -258,7 +263,33 @@ struct daemon {
 	struct refresh		*rf;
 	struct event		*drain;
 	struct timeval		 stop_at;
+	struct denylist_watch	*deny;
 };
+
+/* New keys on the deny list: open connections that use one close. */
+static void
+deny_changed(size_t added, void *arg)
+{
+	struct daemon *d = arg;
+
+	if (added > 0)
+		log_warnx("deny list: %zu new key%s; open connections are "
+		    "checked again", added, added == 1 ? "" : "s");
+	upstream_pool_drop_denied(resolver_pool(d->r));
+}
+
+static int
+deny_start(struct daemon *d)
+{
+	char path[4096];
+
+	if (d->cfg->state_dir == NULL)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s", sandbox_path(d->cfg->state_dir),
+	    DENYLIST_FILE);
+	d->deny = denylist_watch_start(d->base, path, deny_changed, d);
+	return d->deny != NULL ? 0 : -1;
+}
 
 /*
  * SIGTERM or SIGINT: stop taking queries, give those in flight up to
@@ -283,6 +314,59 @@ drain_cb(evutil_socket_t fd, short ev, void *arg)
 		return;
 	}
 	evtimer_add(d->drain, &tick);
+}
+
+/* certspotter's -watchlist: the upstreams' hostnames. */
+static int
+cmd_ct_watchlist(int argc, char **argv)
+{
+	struct run_opts o = { 0 };
+	struct config *cfg;
+
+	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
+		return EXIT_USAGE;
+	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+		return EXIT_USAGE;
+	ctwatch_print_watchlist(cfg, stdout);
+	config_free(cfg);
+	return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* certspotter's -script: one event, described by the environment. */
+static int
+cmd_ct_hook(int argc, char **argv)
+{
+	struct run_opts o = { 0 };
+	struct config *cfg;
+	int rc;
+
+	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
+		return EXIT_USAGE;
+	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+		return EXIT_USAGE;
+	/* certspotter keeps the script's output; syslog keeps it too. */
+	log_init(LOG_TO_BOTH, o.verbose ? LOG_DEBUG : cfg->log_level);
+	tls_init();
+	log_set_incident_hook(cfg->on_incident);
+	rc = ctwatch_hook(cfg);
+	config_free(cfg);
+	return rc;
+}
+
+/*
+ * As PID 1 of a container the daemon inherits every orphan (a detached
+ * on-incident hook among them): reap whatever ends.
+ */
+static void
+reap_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	int st;
+
+	(void)sig;
+	(void)ev;
+	(void)arg;
+	while (waitpid(-1, &st, WNOHANG) > 0)
+		;
 }
 
 static void
@@ -489,10 +573,13 @@ cmd_run(int argc, char **argv)
 	d.r = r;
 	d.l = l;
 	d.rf = &rf;
+	if (deny_start(&d) != 0)
+		fatalx("cannot watch the deny list");
 	sigs[0] = evsignal_new(base, SIGTERM, stop_cb, &d);
 	sigs[1] = evsignal_new(base, SIGINT, stop_cb, &d);
 	sigs[2] = evsignal_new(base, SIGHUP, hup_cb, &d);
-	for (i = 0; i < 3; i++)
+	sigs[3] = evsignal_new(base, SIGCHLD, reap_cb, NULL);
+	for (i = 0; i < 4; i++)
 		if (sigs[i] == NULL || evsignal_add(sigs[i], NULL) != 0)
 			fatalx("cannot install signal handlers");
 	log_info("ready: %zu listening sockets, %zu upstreams",
@@ -506,11 +593,12 @@ done:
 	metrics_stop(ms);
 	resolver_free(r);
 	listener_free(l);
-	for (i = 0; i < 3; i++)
+	for (i = 0; i < 4; i++)
 		if (sigs[i] != NULL)
 			event_free(sigs[i]);
 	if (d.drain != NULL)
 		event_free(d.drain);
+	denylist_watch_stop(d.deny);
 	/* Let the deferred frees of closed connections run. */
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	event_base_loop(base, EVLOOP_NONBLOCK);
@@ -967,6 +1055,10 @@ main(int argc, char **argv)
 		return cmd_check_cert(argc - 1, argv + 1);
 	if (strcmp(cmd, "update-log-list") == 0)
 		return cmd_update_log_list(argc - 1, argv + 1);
+	if (strcmp(cmd, "ct-watchlist") == 0)
+		return cmd_ct_watchlist(argc - 1, argv + 1);
+	if (strcmp(cmd, "ct-hook") == 0)
+		return cmd_ct_hook(argc - 1, argv + 1);
 	if (strcmp(cmd, "version") == 0) {
 		printf("stubborn %s\n", PACKAGE_VERSION);
 		return 0;

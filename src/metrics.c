@@ -13,6 +13,7 @@
 
 #include "stubborn/ct.h"
 #include "stubborn/log.h"
+#include "stubborn/denylist.h"
 #include "stubborn/metrics.h"
 #include "stubborn/resolver.h"
 #include "stubborn/trust.h"
@@ -97,7 +98,7 @@ render(struct metrics_server *ms, struct evbuffer *b)
 	    "Certificates the trust gate refused (or reported).\n"
 	    "# TYPE stubborn_trust_incidents_total counter\n");
 	for (i = 0; i < n; i++)
-		for (v = TRUST_FAIL_CHAIN; v <= TRUST_FAIL_CT; v++)
+		for (v = TRUST_FAIL_CHAIN; v < TRUST_VERDICTS; v++)
 			evbuffer_add_printf(b, "stubborn_trust_incidents_total"
 			    "{upstream=\"%s\",reason=\"%s\"} %llu\n",
 			    upstream_pool_get(pool, i)->conf->name,
@@ -141,6 +142,15 @@ render(struct metrics_server *ms, struct evbuffer *b)
 	    "stubborn_ct_log_list_age_seconds gauge\n"
 	    "stubborn_ct_log_list_age_seconds %lld\n", list == NULL ? -1LL :
 	    (long long)(time(NULL) - list->timestamp_ms / 1000));
+
+	evbuffer_add_printf(b, "# HELP stubborn_denylist_keys Keys on the "
+	    "deny list in state-dir.\n# TYPE stubborn_denylist_keys gauge\n"
+	    "stubborn_denylist_keys %zu\n"
+	    "# HELP stubborn_ct_watch_incidents_total Keys added to the deny "
+	    "list while running (ct-watch incidents).\n"
+	    "# TYPE stubborn_ct_watch_incidents_total counter\n"
+	    "stubborn_ct_watch_incidents_total %llu\n", denylist_count(),
+	    (unsigned long long)denylist_added_total());
 }
 
 static void

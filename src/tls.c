@@ -20,6 +20,7 @@
 
 #include "stubborn/ct.h"
 #include "stubborn/log.h"
+#include "stubborn/denylist.h"
 #include "stubborn/sandbox.h"
 #include "stubborn/tls.h"
 
@@ -50,8 +51,9 @@ tls_verify_cb(X509_STORE_CTX *xctx, void *arg)
 	SSL *ssl = X509_STORE_CTX_get_ex_data(xctx,
 	    SSL_get_ex_data_X509_STORE_CTX_idx());
 	struct tls_gate *gate = ssl ? SSL_get_ex_data(ssl, gate_idx) : NULL;
+	struct pin hit;
 	X509 *leaf;
-	int err;
+	int err, depth;
 
 	(void)arg;
 	if (gate == NULL)
@@ -74,6 +76,17 @@ tls_verify_cb(X509_STORE_CTX *xctx, void *arg)
 		return 0;
 	}
 	gate->verified = chain_dup(X509_STORE_CTX_get0_chain(xctx));
+	if ((depth = denylist_check(gate->verified, &hit)) >= 0) {
+		char pin[TRUST_PIN_STR_MAX];
+
+		trust_pin_format(&hit, pin, sizeof(pin));
+		gate->verdict = TRUST_FAIL_DENIED;
+		snprintf(gate->detail, sizeof(gate->detail),
+		    "the key of the certificate at depth %d (%s) is on the "
+		    "deny list", depth, pin);
+		X509_STORE_CTX_set_error(xctx, X509_V_ERR_APPLICATION_VERIFICATION);
+		return 0;
+	}
 	gate->verdict = trust_check_pins(gate->verified, gate->uc->pins,
 	    gate->uc->npins);
 	if (gate->verdict != TRUST_OK) {

@@ -20,6 +20,7 @@ const char *const trust_verdict_str[] = {
 	[TRUST_FAIL_HOSTNAME] = "hostname",
 	[TRUST_FAIL_PIN] = "pin",
 	[TRUST_FAIL_CT] = "ct",
+	[TRUST_FAIL_DENIED] = "denied",
 };
 
 int

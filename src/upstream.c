@@ -8,6 +8,7 @@
 
 #include "stubborn/log.h"
 #include "stubborn/tls.h"
+#include "stubborn/denylist.h"
 #include "stubborn/sandbox.h"
 #include "stubborn/upstream.h"
 #include "transport.h"
@@ -266,6 +267,25 @@ void
 upstream_conn_remove(struct conn *c)
 {
 	TAILQ_REMOVE(&c->up->pool->conns, c, pool_entry);
+}
+
+void
+upstream_pool_drop_denied(struct upstream_pool *pool)
+{
+	struct conn *c, *next;
+	struct pin hit;
+
+	for (c = TAILQ_FIRST(&pool->conns); c != NULL; c = next) {
+		next = TAILQ_NEXT(c, pool_entry);
+		if (c->state == CONN_CONNECTING ||
+		    denylist_check(c->gate.verified, &hit) < 0)
+			continue;
+		log_warnx("upstream %s: %s: a key of its certificate chain is "
+		    "now on the deny list; closing the connection",
+		    c->up->conf->name, c->addrstr);
+		c->io->fail(c, c->io->busy(c) ? CONN_CLOSED_BUSY :
+		    CONN_CLOSED_IDLE);
+	}
 }
 
 void

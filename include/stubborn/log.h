@@ -7,8 +7,11 @@
 
 #include <stdarg.h>
 
-/* Start logging; foreground sends lines to stderr, otherwise to syslog. */
-void	log_init(int foreground, int level);
+/* Start logging to where: stderr (1, the foreground), syslog (0) or both. */
+#define LOG_TO_SYSLOG	0
+#define LOG_TO_STDERR	1
+#define LOG_TO_BOTH	2
+void	log_init(int where, int level);
 /* Change the most verbose level that is still written. */
 void	log_setlevel(int level);
 int	log_getlevel(void);

@@ -28,7 +28,9 @@ enum trust_verdict {
 	TRUST_FAIL_HOSTNAME,
 	TRUST_FAIL_PIN,
 	TRUST_FAIL_CT,
+	TRUST_FAIL_DENIED,	/* a key of the chain is on the deny list */
 };
+#define TRUST_VERDICTS	(TRUST_FAIL_DENIED + 1)
 extern const char *const trust_verdict_str[];
 
 /* Parse "sha256/<base64 of 32 bytes>" into *pin.  Returns 0 or -1. */

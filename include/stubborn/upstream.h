@@ -13,6 +13,7 @@
 #include <openssl/ssl.h>
 
 #include "stubborn/config.h"
+#include "stubborn/trust.h"
 
 struct txq;
 struct conn;
@@ -35,7 +36,7 @@ struct upstream_stats {
 	uint64_t	answers;
 	uint64_t	errors;		/* failed or timed out */
 	uint64_t	handshakes;	/* connections that passed the gate */
-	uint64_t	incidents[5];	/* by enum trust_verdict */
+	uint64_t	incidents[TRUST_VERDICTS];
 	uint64_t	rtt_le[UPSTREAM_RTT_BUCKETS];	/* histogram */
 	uint64_t	rtt_count;
 	double		rtt_sum;	/* seconds */
@@ -106,6 +107,12 @@ const struct ct_loglist *upstream_pool_ct_list(const struct upstream_pool *);
 
 /* Close every connection and free the pool; NULL is a no-op. */
 void	upstream_pool_free(struct upstream_pool *pool);
+
+/*
+ * Close the open connections whose verified chain now holds a key on the
+ * deny list; their queries go to the next upstream.
+ */
+void	upstream_pool_drop_denied(struct upstream_pool *pool);
 
 /*
  * The first usable upstream in conf order that is not in tried (a bit

@@ -47,8 +47,10 @@ FAMILIES = {
     "stubborn_upstream_state": "gauge",
     "stubborn_upstream_rtt_seconds": "histogram",
     "stubborn_ct_log_list_age_seconds": "gauge",
+    "stubborn_denylist_keys": "gauge",
+    "stubborn_ct_watch_incidents": "counter",
 }
-REASONS = ("chain", "hostname", "pin", "ct")
+REASONS = ("chain", "hostname", "pin", "ct", "denied")
 STATES = ("up", "down", "quarantined")
 RTT_FIRST_BOUND, RTT_LAST_BOUND = 0.001, 1.5
 
