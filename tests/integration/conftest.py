@@ -1,5 +1,6 @@
 """Fixtures: a session PKI, unbound DoT/DoH upstreams on 127.0.0.x, dnsdist
-and scripted hostile servers, and stubborn in front of them.  Every process is started here and stopped here by PID,
+and scripted hostile servers, and stubborn in front of them; Certificate
+Transparency logs of our own and certspotter watching them.  Every process is started here and stopped here by PID,
 whatever the test's outcome; when a test fails its processes' logs are
 attached to the report."""
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import ct_log
 import hostile as hostile_mod
 import pki
 import servers
@@ -263,5 +265,69 @@ def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream, hostile,
         elif status != 0:
             problems.append(f"{s.conf}: stubborn exited with status {status} "
                             f"after SIGTERM (expected 0)")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def certspotter_bin():
+    """certspotter (Debian package certspotter), or the test is skipped:
+    only the CT-monitoring tests need it."""
+    path = servers.find_tool("certspotter", "CERTSPOTTER")
+    if not path:
+        pytest.skip("certspotter not installed (Debian package certspotter, "
+                    "or set CERTSPOTTER)")
+    return path
+
+
+@pytest.fixture
+def ct_logs(request, tmp_path):
+    """Factory: ct_logs(name="log", **CTLog options) starts an RFC 6962 log
+    (ct_log.CTLog) on 127.0.0.1; teardown stops it and requires every
+    server thread to have ended."""
+    started = []
+
+    def start(name="log", **kw):
+        lg = ct_log.CTLog(tmp_path / f"ctlog-{name}", name=name, **kw)
+        started.append(lg)
+        _attach(request, f"CT log {name}", lg)
+        return lg.start()
+
+    yield start
+    problems = []
+    for lg in reversed(started):
+        problems += lg.stop()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def certspotter(request, certspotter_bin, tmp_path, ct_logs):
+    """Factory: certspotter(logs_json, watchlist, script=None, **options)
+    starts certspotter (ct_log.Certspotter) in a directory of its own.
+    Teardown stops it by PID with SIGTERM and requires exit status 0 from
+    any that was still running (one that exited earlier is the test's to
+    judge)."""
+    # Depending on ct_logs makes pytest stop certspotter before the logs.
+    started = []
+
+    def start(logs, watchlist, script=None, **kw):
+        c = ct_log.Certspotter(certspotter_bin, tmp_path / f"certspotter-{len(started)}",
+                               logs, watchlist, script, **kw)
+        started.append(c)
+        _attach(request, f"certspotter #{len(started) - 1}", c)
+        return c.start()
+
+    yield start
+    problems = []
+    for c in started:
+        if not c.alive():
+            continue
+        status, hung = c.stop()
+        if hung:
+            problems.append(f"certspotter did not exit within {ct_log.STOP_TIMEOUT}s "
+                            f"of SIGTERM")
+        elif status != 0:
+            problems.append(f"certspotter exited with status {status} after SIGTERM")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
