@@ -55,13 +55,21 @@ def mib(kib):
     return None if v is None else v / 1024
 
 
+def lost_cell(s, w):
+    lost = num(get(s, w, "thr", "lost"))
+    if lost is None:
+        return None
+    drops = num(get(s, w, "thr", "udp_rcvbuf_errors"))
+    return f"{lost:.0f}" + (f" ({drops:.0f})" if drops else "")
+
+
 # (heading, value(stub, workload), format, better: "high"/"low"/None)
 COLS = [
     ("QPS", lambda s, w: num(get(s, w, "thr", "qps")), "{:.0f}", "high"),
     ("mean ms (max load)", lambda s, w: num(get(s, w, "thr", "mean_ms")), "{:.2f}", "low"),
     (f"mean ms @{lat} qps", lambda s, w: num(get(s, w, "lat", "mean_ms")), "{:.3f}", "low"),
     (f"p99 ms @{lat} qps", lambda s, w: num(get(s, w, "lat", "p99_ms")), "{:.3f}", "low"),
-    ("lost", lambda s, w: num(get(s, w, "thr", "lost")), "{:.0f}", None),
+    ("lost (UDP buffer drops)", lambda s, w: lost_cell(s, w), "{}", None),
     ("SERVFAIL", lambda s, w: num(get(s, w, "thr", "servfail")), "{:.0f}", None),
     ("peak RSS MiB", lambda s, w: mib(get(s, w, "lat", "peak_rss_kib")), "{:.1f}", "low"),
     ("CPU µs/answer", lambda s, w: num(get(s, w, "thr", "cpu_us_per_answer")), "{:.1f}", "low"),
@@ -87,14 +95,24 @@ md.append(
     f"Mode **{params.get('mode')}**: {params.get('stubborn', 'stubborn')}, "
     f"{params.get('cores')} cores, load average {params.get('load_start')} at the "
     f"start and {params.get('load_end')} at the end; whole run {params.get('elapsed')} s.\n")
+others = sorted(num(r["busy_other_pct"].split("/")[-1]) for r in rows
+                if r["kind"] == "thr" and num(r["busy_other_pct"].split("/")[-1]) is not None)
+if others:
+    md.append(
+        f"Other load on the machine (CPU used by neither the stub, the upstream nor "
+        f"dnsperf) during the full-speed runs: {others[0]:.0f}–{others[-1]:.0f} % of all "
+        f"cores, median {others[len(others) // 2]:.0f} %"
+        + (" — **the numbers are disturbed by it**" if others[len(others) // 2] >= 10 else "")
+        + ".\n")
 md.append(
     f"Each stub alone in front of one unbound upstream on loopback (DoT or DoH), "
     f"loaded by dnsperf over UDP: QPS, max-load mean and lost/SERVFAIL from "
     f"{params.get('dur')} s at full speed (`-c {params.get('clients')} -q "
     f"{params.get('outst')}`, answers later than {params.get('timeout')} s count as "
-    f"lost); mean and p99 latency from {params.get('latdur')} s at a fixed "
+    f"lost; in brackets, how many UDP datagrams the kernel dropped for a full "
+    f"socket buffer meanwhile); mean and p99 latency from {params.get('latdur')} s at a fixed "
     f"{lat} qps (`-Q`, every query's latency from `-v`); peak RSS = VmHWM after "
-    f"that workload (since the stub started); CPU µs/answer = the stub's "
+    f"that workload (each workload starts the stub afresh); CPU µs/answer = the stub's "
     f"utime+stime during the full-speed run ÷ queries answered. The ratio rows "
     f"divide stubborn's number by the best peer's (highest QPS, lowest of the "
     f"rest; stubby, which has no cache, is left out of the cache-hit ratios): "
