@@ -172,7 +172,7 @@ wrapped = [r for r in rows if r["workload"] == "miss" and r["kind"] == "thr"
 if wrapped:
     md.append("**Note:** the cache-miss file ran out for " + ", ".join(r["label"] for r in wrapped) +
               " before the time was up (raise MISSN).\n")
-md.append("Raw numbers: results.tsv (busy_other_pct: the machine's busy share during a run, "
+md.append("Raw numbers: results.tsv (udp_rcvbuf_errors: the drops in brackets above; busy_other_pct: the machine's busy share during a run, "
           "and the part of it that was neither the stub, the upstream nor dnsperf).\n")
 (out / "results.md").write_text("\n".join(md))
 
