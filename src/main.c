@@ -342,6 +342,11 @@ cmd_ct_hook(int argc, char **argv)
 
 	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
 		return EXIT_USAGE;
+	/* Run by name with no arguments, the conf may come from the environment. */
+	if (!o.conf_given && getenv("STUBBORN_CONF") != NULL) {
+		o.conf = getenv("STUBBORN_CONF");
+		o.conf_given = true;
+	}
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
 		return EXIT_USAGE;
 	/* certspotter keeps the script's output; syslog keeps it too. */
