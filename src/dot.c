@@ -28,6 +28,7 @@ struct dot_conn {
 	struct txq_list		 inflight;	/* written, no reply yet */
 	struct txq		*buckets[INFLIGHT_BUCKETS];
 	size_t			 ninflight;
+	uint16_t		 next_id;
 };
 
 static void	dot_read_cb(struct bufferevent *, void *);
@@ -78,9 +79,13 @@ write_query(struct dot_conn *dc, struct txq *q)
 	uint8_t frame[2] = { (uint8_t)(q->len >> 8), (uint8_t)q->len };
 	uint16_t id;
 
-	/* Random IDs keep a slow reply from matching a reused slot. */
+	/*
+	 * IDs go round from a random start: a late reply could only match a
+	 * query 65,536 IDs later.  (Inside TLS they need not be secret; one
+	 * arc4random() per query cost a system call each.)
+	 */
 	do {
-		id = (uint16_t)arc4random();
+		id = dc->next_id++;
 	} while (inflight_find(dc, id) != NULL);
 	q->wire_id = id;
 	dnsmsg_set_id(q->msg, id);
@@ -231,6 +236,7 @@ dot_open(struct upstream *up, struct event_base *base)
 	}
 	TAILQ_INIT(&dc->waiting);
 	TAILQ_INIT(&dc->inflight);
+	dc->next_id = (uint16_t)arc4random();
 	if (conn_start(&dc->c, &dot_ops, up, base, &dot_io) != 0) {
 		free(dc);
 		return NULL;

@@ -18,7 +18,9 @@
 #include "stubborn/metrics.h"
 #include "stubborn/resolver.h"
 
-#define UDP_BATCH		64	/* datagrams read per wake-up */
+#define UDP_BATCH		32	/* datagrams per recvmmsg and sendmmsg */
+#define UDP_READS		4	/* recvmmsg calls per wake-up, at most */
+#define UDP_SLOT		4096	/* bytes: larger datagrams are not DNS */
 #define TCP_CLIENTS_MAX		1000
 #define TCP_IDLE_SEC		10	/* RFC 7766 6.2.3: seconds, not minutes */
 #define TCP_BACKLOG		128
@@ -101,32 +103,133 @@ handle_query(struct listener *l, const struct client *c, bool ok,
 		listener_answer(c, buf, n, info.udp_size);
 }
 
+/*
+ * UDP answers wait here until the callbacks of this loop pass are done,
+ * then leave in one sendmmsg per socket: two system calls per batch of
+ * queries instead of two per query.
+ */
+static struct {
+	struct mmsghdr		 hdr[UDP_BATCH];
+	struct iovec		 iov[UDP_BATCH];
+	struct sockaddr_storage	 addr[UDP_BATCH];
+	int			 fd[UDP_BATCH];
+	uint8_t			 buf[UDP_BATCH][UDP_SLOT];
+	unsigned		 n;
+	struct event		*flush_ev;	/* active while n > 0 */
+} outq;
+
+static void
+udp_flush(void)
+{
+	unsigned i = 0, j;
+
+	while (i < outq.n) {
+		int sent;
+
+		/* One call per run of answers on the same socket. */
+		for (j = i + 1; j < outq.n && outq.fd[j] == outq.fd[i]; j++)
+			;
+		while (i < j) {
+			sent = sendmmsg(outq.fd[i], &outq.hdr[i], j - i, 0);
+			if (sent <= 0) {
+				if (sent == -1 && errno == EINTR)
+					continue;
+				if (sent == -1 && errno != EAGAIN &&
+				    errno != EWOULDBLOCK)
+					log_debug("sendmmsg: %s", strerror(errno));
+				/* Skip the one that failed, like sendto would. */
+				sent = 1;
+			}
+			i += (unsigned)sent;
+		}
+	}
+	outq.n = 0;
+}
+
+static void
+udp_flush_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	udp_flush();
+}
+
+static void
+udp_queue(const struct client *c, const uint8_t *msg, size_t len)
+{
+	unsigned i;
+
+	if (len > UDP_SLOT || outq.flush_ev == NULL) {
+		if (sendto(c->udp_fd, msg, len, 0,
+		    (const struct sockaddr *)&c->addr, c->addrlen) == -1 &&
+		    errno != EAGAIN && errno != EWOULDBLOCK)
+			log_debug("sendto: %s", strerror(errno));
+		return;
+	}
+	if (outq.n == UDP_BATCH)
+		udp_flush();
+	i = outq.n++;
+	memcpy(outq.buf[i], msg, len);
+	memcpy(&outq.addr[i], &c->addr, c->addrlen);
+	outq.fd[i] = c->udp_fd;
+	outq.iov[i].iov_base = outq.buf[i];
+	outq.iov[i].iov_len = len;
+	memset(&outq.hdr[i], 0, sizeof(outq.hdr[i]));
+	outq.hdr[i].msg_hdr.msg_name = &outq.addr[i];
+	outq.hdr[i].msg_hdr.msg_namelen = c->addrlen;
+	outq.hdr[i].msg_hdr.msg_iov = &outq.iov[i];
+	outq.hdr[i].msg_hdr.msg_iovlen = 1;
+	if (i == 0)
+		event_active(outq.flush_ev, EV_WRITE, 0);
+}
+
 static void
 udp_read_cb(evutil_socket_t fd, short ev, void *arg)
 {
-	static uint8_t msg[DNSMSG_MAX_LEN];
+	static struct mmsghdr hdr[UDP_BATCH];
+	static struct iovec iov[UDP_BATCH];
+	static struct sockaddr_storage addr[UDP_BATCH];
+	static uint8_t buf[UDP_BATCH][UDP_SLOT];
 	struct udp_sock *us = arg;
 	struct client c;
-	int i;
+	int i, n, reads;
 
 	(void)ev;
-	for (i = 0; i < UDP_BATCH; i++) {
-		ssize_t n;
-
-		memset(&c, 0, sizeof(c));
-		c.udp_fd = fd;
-		c.addrlen = sizeof(c.addr);
-		n = recvfrom(fd, msg, sizeof(msg), 0,
-		    (struct sockaddr *)&c.addr, &c.addrlen);
+	for (reads = 0; reads < UDP_READS; reads++) {
+		for (i = 0; i < UDP_BATCH; i++) {
+			iov[i].iov_base = buf[i];
+			iov[i].iov_len = sizeof(buf[i]);
+			memset(&hdr[i], 0, sizeof(hdr[i]));
+			hdr[i].msg_hdr.msg_name = &addr[i];
+			hdr[i].msg_hdr.msg_namelen = sizeof(addr[i]);
+			hdr[i].msg_hdr.msg_iov = &iov[i];
+			hdr[i].msg_hdr.msg_iovlen = 1;
+		}
+		n = recvmmsg(fd, hdr, UDP_BATCH, MSG_DONTWAIT, NULL);
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK &&
 			    errno != EINTR)
-				log_warn("recvfrom");
-			return;
+				log_warn("recvmmsg");
+			break;
 		}
-		handle_query(us->l, &c, allowed(us->l,
-		    (struct sockaddr *)&c.addr), msg, (size_t)n);
+		for (i = 0; i < n; i++) {
+			memset(&c, 0, sizeof(c));
+			c.udp_fd = fd;
+			c.addrlen = hdr[i].msg_hdr.msg_namelen;
+			memcpy(&c.addr, &addr[i], c.addrlen);
+			if (hdr[i].msg_hdr.msg_flags & MSG_TRUNC) {
+				metrics_inc(M_MALFORMED);	/* not DNS */
+				continue;
+			}
+			handle_query(us->l, &c, allowed(us->l,
+			    (struct sockaddr *)&c.addr), buf[i], hdr[i].msg_len);
+		}
+		if (n < UDP_BATCH)
+			break;
 	}
+	/* The answers from the cache leave now, in one go. */
+	udp_flush();
 }
 
 static void
@@ -317,6 +420,12 @@ listener_new(struct event_base *base, const struct config *cfg,
 	l->cfg = cfg;
 	l->r = r;
 	TAILQ_INIT(&l->clients);
+	if ((outq.flush_ev = event_new(base, -1, 0, udp_flush_cb, NULL)) ==
+	    NULL) {
+		log_warnx("%s: event_new failed", __func__);
+		free(l);
+		return NULL;
+	}
 	for (i = 0; i < cfg->nlisten; i++) {
 		config_addr_str(&cfg->listen[i], buf, sizeof(buf));
 		if (listen_on(l, &cfg->listen[i]) == 0) {
@@ -393,6 +502,11 @@ listener_free(struct listener *l)
 
 	if (l == NULL)
 		return;
+	/* The last answers (the SERVFAILs of a shutdown) go out first. */
+	udp_flush();
+	if (outq.flush_ev != NULL)
+		event_free(outq.flush_ev);
+	outq.flush_ev = NULL;
 	while ((tc = TAILQ_FIRST(&l->clients)) != NULL)
 		tcp_client_close(tc);
 	for (i = 0; i < l->nudp; i++) {
@@ -420,10 +534,7 @@ listener_answer(const struct client *c, uint8_t *msg, size_t len,
 		bufferevent_write(c->tc->bev, msg, len);
 		return;
 	}
-	len = dnsmsg_truncate(msg, len, udp_size);
-	if (sendto(c->udp_fd, msg, len, 0, (const struct sockaddr *)&c->addr,
-	    c->addrlen) == -1 && errno != EAGAIN && errno != EWOULDBLOCK)
-		log_debug("sendto: %s", strerror(errno));
+	udp_queue(c, msg, dnsmsg_truncate(msg, len, udp_size));
 }
 
 void
