@@ -468,6 +468,7 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 	dc->in_recv = false;
 	flush(dc);
 	settle(dc);
+	conn_read_pending(&dc->c);
 }
 
 /* The timer while READY: PING an idle connection, close a dead one. */
