@@ -1,8 +1,11 @@
 #include "config.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+
+#include <event2/event_struct.h>
 
 #include "stubborn/cache.h"
 #include "stubborn/dnsmsg.h"
@@ -23,12 +26,14 @@
 #define INFLIGHT_BUCKETS	4096	/* power of two */
 #define SHED_LOG_EVERY_MS	10000
 
+#define FREE_QUERIES_MAX	1024	/* kept for reuse: no malloc per query */
+
 /* A client waiting for the answer to a question. */
 struct waiter {
 	TAILQ_ENTRY(waiter)	 entry;
 	struct client		 client;
 	struct dnsmsg_info	 info;	/* its ID, EDNS and UDP size */
-	uint8_t			 qname[];	/* its spelling of the name */
+	uint8_t			 qname[255];	/* its spelling of the name */
 };
 
 /* One question in flight upstream, for every client that asked it. */
@@ -43,8 +48,9 @@ struct query {
 	uint64_t		 deadline_ms;
 	uint64_t		 sent_ms;
 	struct upstream		*up;	/* the current attempt's */
-	struct event		*timer;
+	struct event		 timer;
 	bool			 retried_same;
+	struct waiter		 first;	/* the first client: no malloc */
 	size_t			 len;
 	uint8_t			 msg[DNSMSG_UPSTREAM_MAX];	/* padded */
 };
@@ -58,6 +64,9 @@ struct resolver {
 	size_t			 nqueries;
 	struct query		*inflight[INFLIGHT_BUCKETS];
 	uint64_t		 shed_logged_ms;
+	const struct timeval	*attempt_tv;	/* a libevent common timeout */
+	struct query		*free;		/* reusable, through hnext */
+	size_t			 nfree;
 };
 
 static void	dispatch(struct query *);
@@ -91,7 +100,7 @@ query_free(struct query *q)
 	struct waiter *w;
 
 	upstream_cancel(&q->tx);
-	event_free(q->timer);
+	evtimer_del(&q->timer);
 	for (pp = bucket(r, &q->key); *pp != NULL; pp = &(*pp)->hnext) {
 		if (*pp == q) {
 			*pp = q->hnext;
@@ -103,9 +112,15 @@ query_free(struct query *q)
 	while ((w = TAILQ_FIRST(&q->waiters)) != NULL) {
 		TAILQ_REMOVE(&q->waiters, w, entry);
 		listener_client_release(&w->client);
-		free(w);
+		if (w != &q->first)
+			free(w);
 	}
-	free(q);
+	if (r->nfree < FREE_QUERIES_MAX) {
+		q->hnext = r->free;
+		r->free = q;
+		r->nfree++;
+	} else
+		free(q);
 }
 
 static void
@@ -169,7 +184,7 @@ failed_cb(void *arg, struct txq *tx, struct upstream *up, bool retry_same)
 	struct query *q = (struct query *)tx;
 
 	(void)arg;
-	evtimer_del(q->timer);
+	evtimer_del(&q->timer);
 	/* A connection closed under us: the upstream deserves one retry. */
 	if (retry_same && !q->retried_same) {
 		q->retried_same = true;
@@ -208,11 +223,15 @@ dispatch(struct query *q)
 	q->up = up;
 	q->sent_ms = now;
 	left = q->deadline_ms - now;
-	if (left > ATTEMPT_MS)
-		left = ATTEMPT_MS;
-	tv.tv_sec = (time_t)(left / 1000);
-	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
-	evtimer_add(q->timer, &tv);
+	if (left >= ATTEMPT_MS && q->r->attempt_tv != NULL)
+		evtimer_add(&q->timer, q->r->attempt_tv);	/* O(1) queue */
+	else {
+		if (left > ATTEMPT_MS)
+			left = ATTEMPT_MS;
+		tv.tv_sec = (time_t)(left / 1000);
+		tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
+		evtimer_add(&q->timer, &tv);
+	}
 	/* q may be answered and freed inside; do not touch it after. */
 	upstream_send(up, &q->tx);
 }
@@ -231,6 +250,13 @@ resolver_new(struct event_base *base, const struct config *cfg,
 	r->base = base;
 	r->max_ttl = (uint32_t)cfg->cache_max_ttl;
 	TAILQ_INIT(&r->queries);
+	{
+		/* Most attempts wait exactly this long: a queue, not a heap. */
+		struct timeval tv = { ATTEMPT_MS / 1000,
+		    (ATTEMPT_MS % 1000) * 1000 };
+
+		r->attempt_tv = event_base_init_common_timeout(base, &tv);
+	}
 	cbs.arg = r;
 	r->cache = cache_new((size_t)cfg->cache_size,
 	    (uint32_t)cfg->cache_max_ttl, (uint32_t)cfg->cache_serve_stale);
@@ -256,7 +282,7 @@ resolver_reload(struct resolver *r, const struct config *cfg,
 	upstream_pool_carry(pool, r->pool);
 	TAILQ_FOREACH(q, &r->queries, entry) {
 		upstream_cancel(&q->tx);
-		evtimer_del(q->timer);
+		evtimer_del(&q->timer);
 		q->tried = 0;
 		q->up = NULL;
 		q->retried_same = false;
@@ -307,6 +333,10 @@ resolver_free(struct resolver *r)
 		answer_failure(q);
 	upstream_pool_free(r->pool);
 	cache_free(r->cache);
+	while ((q = r->free) != NULL) {
+		r->free = q->hnext;
+		free(q);
+	}
 	free(r);
 }
 
@@ -315,9 +345,13 @@ add_waiter(struct query *q, const struct client *client,
     const uint8_t *msg, const struct dnsmsg_info *info)
 {
 	size_t nl = info->qend - DNSMSG_HDR_LEN - 4;
-	struct waiter *w = malloc(sizeof(*w) + nl);
+	struct waiter *w;
 
-	if (w == NULL)
+	if (nl > sizeof(w->qname))
+		return false;
+	if (TAILQ_EMPTY(&q->waiters))
+		w = &q->first;
+	else if ((w = malloc(sizeof(*w))) == NULL)
 		return false;
 	listener_client_copy(&w->client, client);
 	w->info = *info;
@@ -378,10 +412,15 @@ resolver_query(struct resolver *r, const struct client *client,
 		metrics_inc(M_SHED);
 		answer_failure(TAILQ_FIRST(&r->queries));
 	}
-	if ((q = calloc(1, sizeof(*q))) == NULL) {
+	if ((q = r->free) != NULL) {
+		r->free = q->hnext;
+		r->nfree--;
+	} else if ((q = malloc(sizeof(*q))) == NULL) {
 		answer_servfail(client, msg, len, info);
 		return;
 	}
+	/* Every field but the message buffer, which is written next. */
+	memset(q, 0, offsetof(struct query, msg));
 	q->r = r;
 	q->key = key;
 	TAILQ_INIT(&q->waiters);
@@ -390,14 +429,8 @@ resolver_query(struct resolver *r, const struct client *client,
 	q->tx.len = q->len;
 	q->tx.qend = info->qend;
 	q->deadline_ms = now + DEADLINE_MS;
-	if ((q->timer = evtimer_new(r->base, query_timo, q)) == NULL ||
-	    !add_waiter(q, client, msg, info)) {
-		if (q->timer != NULL)
-			event_free(q->timer);
-		free(q);
-		answer_servfail(client, msg, len, info);
-		return;
-	}
+	evtimer_assign(&q->timer, r->base, query_timo, q);
+	add_waiter(q, client, msg, info);	/* the first cannot fail */
 	q->hnext = *bucket(r, &key);
 	*bucket(r, &key) = q;
 	TAILQ_INSERT_TAIL(&r->queries, q, entry);
