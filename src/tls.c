@@ -220,7 +220,8 @@ tls_describe_error(struct bufferevent *bev, short events, char *why,
 	/* The socket's own error (a refused connect) says the most. */
 	if (fd != -1)
 		getsockopt(fd, SOL_SOCKET, SO_ERROR, &serr, &len);
-	if (serr == 0)
+	/* errno says something only about an error, not a clean EOF. */
+	if (serr == 0 && (events & BEV_EVENT_ERROR))
 		serr = EVUTIL_SOCKET_ERROR();
 	if (events & BEV_EVENT_TIMEOUT)
 		snprintf(why, whysz, "timed out");
