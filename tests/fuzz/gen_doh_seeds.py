@@ -428,6 +428,18 @@ def seeds():
     ex.cut()
     s["concurrency-one"] = ex.seed()
 
+    # ...and the read that closes stream 1 ends the session with a
+    # protocol error: sending the GOAWAY, nghttp2 refuses the waiting
+    # stream 3, the query goes again at once on the same connection, and
+    # the session used to be freed inside nghttp2_session_mem_send.
+    ex = exchange(settings={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    ex.cut(SEND)
+    ex.respond(1)
+    ex.add(frame(0, 0, 0, b"x"))
+    ex.cut()
+    s["concurrency-one-then-protocol-error"] = ex.seed()
+
     ex = exchange()
     ex.add(frame(0, 0, 0, b"x"))
     ex.cut()
