@@ -51,12 +51,16 @@ denylist_check(STACK_OF(X509) *chain, struct pin *hit)
 	return -1;
 }
 
+/* The longest line read, its newline aside. */
+#define LINE_MAX_LEN	1022
+
 int
 denylist_load(const char *path, struct pin **keys, size_t *n, FILE *errs)
 {
-	char line[1024];
+	char *line = NULL;
 	struct pin *set = NULL, p;
-	size_t cap = 0, lineno = 0;
+	size_t cap = 0, lineno = 0, linecap = 0;
+	ssize_t len;
 	FILE *fp;
 
 	*keys = NULL;
@@ -67,15 +71,16 @@ denylist_load(const char *path, struct pin **keys, size_t *n, FILE *errs)
 		fprintf(errs, "%s: %s\n", path, strerror(errno));
 		return -1;
 	}
-	while (fgets(line, sizeof(line), fp) != NULL) {
+	/*
+	 * Lines end where getline says: a NUL byte (a torn write leaves
+	 * them) ends the line's text for strtok_r, never the line itself,
+	 * so the line after it is still read.
+	 */
+	while ((len = getline(&line, &linecap, fp)) != -1) {
 		char *tok, *save = NULL;
 
 		lineno++;
-		if (strchr(line, '\n') == NULL && !feof(fp)) {
-			int c;
-
-			while ((c = fgetc(fp)) != EOF && c != '\n')
-				;
+		if ((size_t)len - (line[len - 1] == '\n') > LINE_MAX_LEN) {
 			fprintf(errs, "%s:%zu: line too long, skipped\n",
 			    path, lineno);
 			continue;
@@ -96,6 +101,7 @@ denylist_load(const char *path, struct pin **keys, size_t *n, FILE *errs)
 			cap = cap ? cap * 2 : 16;
 			if ((np = reallocarray(set, cap, sizeof(*np))) == NULL) {
 				fclose(fp);
+				free(line);
 				free(set);
 				*n = 0;
 				fprintf(errs, "%s: out of memory\n", path);
@@ -105,6 +111,7 @@ denylist_load(const char *path, struct pin **keys, size_t *n, FILE *errs)
 		}
 		set[(*n)++] = p;
 	}
+	free(line);
 	fclose(fp);
 	*keys = set;
 	return 0;

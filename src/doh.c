@@ -54,7 +54,8 @@ struct doh_conn {
 	size_t			 nstreams;
 	unsigned		 idle_pings;
 	bool			 ping_out;
-	bool			 in_recv;	/* inside nghttp2_session_mem_recv */
+	bool			 in_h2;		/* inside nghttp2_session_mem_recv
+						   or _mem_send */
 	bool			 draining;	/* GOAWAY: no new streams */
 	bool			 broken;	/* fail once the callback returns */
 	char			 authority[280];
@@ -114,17 +115,23 @@ doh_fail(struct doh_conn *dc, enum conn_outcome outcome)
 	conn_report(&dc->c, outcome, &orphans);
 }
 
-/* Hand nghttp2's pending frames to the TLS layer, in one buffer. */
+/*
+ * Hand nghttp2's pending frames to the TLS layer, in one buffer.  Frames
+ * submitted from nghttp2's callbacks (a refused query sent again from
+ * on_stream_close_cb, which mem_send calls too) go out with the rest.
+ */
 static void
 flush(struct doh_conn *dc)
 {
 	const uint8_t *data;
 	ssize_t n;
 
-	if (dc->in_recv || dc->h2 == NULL)
+	if (dc->in_h2 || dc->h2 == NULL)
 		return;		/* nghttp2 forbids sending from its callbacks */
+	dc->in_h2 = true;
 	while ((n = nghttp2_session_mem_send(dc->h2, &data)) > 0)
 		bufferevent_write(dc->c.bev, data, (size_t)n);
+	dc->in_h2 = false;
 	if (n < 0) {
 		snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2: %s",
 		    nghttp2_strerror((int)n));
@@ -132,13 +139,17 @@ flush(struct doh_conn *dc)
 	}
 }
 
-/* After I/O: act on a broken session, or a drained one. */
+/*
+ * After I/O: act on a broken session, or a drained one.  Never from
+ * inside nghttp2 (the session must outlive the call): whoever called
+ * nghttp2 settles once it has returned.
+ */
 static void
 settle(struct doh_conn *dc)
 {
 	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
 
-	if (dc->c.state != CONN_READY)
+	if (dc->c.state != CONN_READY || dc->in_h2)
 		return;
 	if (dc->broken || (!nghttp2_session_want_read(dc->h2) &&
 	    !nghttp2_session_want_write(dc->h2))) {
@@ -451,7 +462,7 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	size_t len;
 
-	dc->in_recv = true;
+	dc->in_h2 = true;
 	while (dc->c.state == CONN_READY && !dc->broken &&
 	    (len = evbuffer_get_contiguous_space(in)) > 0) {
 		ssize_t n = nghttp2_session_mem_recv(dc->h2,
@@ -465,7 +476,7 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 		}
 		evbuffer_drain(in, len);
 	}
-	dc->in_recv = false;
+	dc->in_h2 = false;
 	flush(dc);
 	settle(dc);
 	conn_read_pending(&dc->c);

@@ -97,6 +97,27 @@ corrupt_lines_are_skipped(void **state)
 }
 
 static void
+nul_byte_keeps_next_line(void **state)
+{
+	static const char torn[] = "sha256/a\0\0\0 torn\n";
+	struct pin d = key(4), *keys;
+	size_t n;
+	FILE *fp, *errs = tmpfile();
+
+	(void)state;
+	/* A torn write leaves NUL bytes: the line after them still counts. */
+	fp = fopen(path, "w");
+	fwrite(torn, 1, sizeof(torn) - 1, fp);
+	fclose(fp);
+	assert_int_equal(denylist_add(path, &d, "after"), 1);
+	assert_int_equal(denylist_load(path, &keys, &n, errs), 0);
+	assert_int_equal(n, 1);
+	assert_memory_equal(keys[0].sha256, d.sha256, TRUST_PIN_LEN);
+	free(keys);
+	fclose(errs);
+}
+
+static void
 gate_check(void **state)
 {
 	STACK_OF(X509) *chain = sk_X509_new_null();
@@ -133,6 +154,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(add_and_load),
 		cmocka_unit_test(corrupt_lines_are_skipped),
+		cmocka_unit_test(nul_byte_keeps_next_line),
 		cmocka_unit_test(gate_check),
 	};
 
