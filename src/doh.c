@@ -123,14 +123,32 @@ doh_fail(struct doh_conn *dc, enum conn_outcome outcome)
 static void
 flush(struct doh_conn *dc)
 {
+	static uint8_t out[16384];	/* one TLS record's worth */
 	const uint8_t *data;
+	size_t used = 0;
 	ssize_t n;
 
 	if (dc->in_h2 || dc->h2 == NULL)
 		return;		/* nghttp2 forbids sending from its callbacks */
+	/*
+	 * nghttp2 hands out a frame at a time; gathered, a query's HEADERS
+	 * and DATA leave in one TLS record and one write, not one each.
+	 */
 	dc->in_h2 = true;
-	while ((n = nghttp2_session_mem_send(dc->h2, &data)) > 0)
-		bufferevent_write(dc->c.bev, data, (size_t)n);
+	while ((n = nghttp2_session_mem_send(dc->h2, &data)) > 0) {
+		if (used + (size_t)n > sizeof(out)) {
+			bufferevent_write(dc->c.bev, out, used);
+			used = 0;
+		}
+		if ((size_t)n > sizeof(out))
+			bufferevent_write(dc->c.bev, data, (size_t)n);
+		else {
+			memcpy(out + used, data, (size_t)n);
+			used += (size_t)n;
+		}
+	}
+	if (used > 0)
+		bufferevent_write(dc->c.bev, out, used);
 	dc->in_h2 = false;
 	if (n < 0) {
 		snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2: %s",
@@ -269,14 +287,15 @@ on_stream_close_cb(nghttp2_session *h2, int32_t id, uint32_t error,
 	}
 	q->conn = NULL;
 	q->tdata = NULL;
-	if (error != NGHTTP2_NO_ERROR)
+	/* Our own reset of an oversized body says less than its reason. */
+	if (st->too_big)
+		bad = "body longer than a DNS message";
+	else if (error != NGHTTP2_NO_ERROR)
 		bad = nghttp2_http2_strerror(error);
 	else if (st->status != 200)
 		bad = "HTTP status other than 200";
 	else if (!st->ctype_ok)
 		bad = "content-type is not " DNS_MESSAGE;
-	else if (st->too_big)
-		bad = "body longer than a DNS message";
 	else if (st->len < DNSMSG_HDR_LEN ||
 	    !dnsmsg_reply_matches(st->body, st->len, q->msg, q->qend))
 		bad = "body is not the answer to the query";
@@ -479,7 +498,6 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 	dc->in_h2 = false;
 	flush(dc);
 	settle(dc);
-	conn_read_pending(&dc->c);
 }
 
 /* The timer while READY: PING an idle connection, close a dead one. */

@@ -211,7 +211,6 @@ dot_read_cb(struct bufferevent *bev, void *arg)
 	if (dc->c.state == CONN_READY) {
 		flush_waiting(dc);
 		arm_idle(dc);
-		conn_read_pending(&dc->c);
 	}
 }
 

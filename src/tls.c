@@ -276,11 +276,6 @@ tls_ctx_new(const char *ca_file)
 	/* No resumption yet: every connection runs the whole gate. */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
-	/*
-	 * Whole socket reads, not a header then a body per record (the read
-	 * callbacks call conn_read_pending for what this leaves buffered).
-	 */
-	SSL_CTX_set_read_ahead(ctx, 1);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 	if (ca_file == NULL) {

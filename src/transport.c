@@ -9,9 +9,6 @@
 #include <string.h>
 
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-/* ev_read, to wake the read handler (see conn_read_pending). */
-#include <event2/bufferevent_struct.h>
 #include <openssl/err.h>
 
 #include "stubborn/log.h"
@@ -50,22 +47,6 @@ connect_one(struct conn *c, const struct conn_io *io)
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	conn_timer(c, CONNECT_TIMEOUT_MS);
 	return 0;
-}
-
-void
-conn_read_pending(struct conn *c)
-{
-	SSL *ssl;
-
-	/*
-	 * With read-ahead, records can wait in OpenSSL's buffer after the
-	 * socket is drained, and bufferevent_openssl reads again only when
-	 * the socket is readable: wake its read handler ourselves.
-	 */
-	if (c->bev != NULL && c->state == CONN_READY &&
-	    (ssl = bufferevent_openssl_get_ssl(c->bev)) != NULL &&
-	    SSL_has_pending(ssl))
-		event_active(&c->bev->ev_read, EV_READ, 1);
 }
 
 int
@@ -171,10 +152,9 @@ conn_event_cb(struct bufferevent *bev, short events, void *arg)
 	enum conn_outcome o;
 
 	if (events & BEV_EVENT_CONNECTED) {
-		if (conn_ready(c, &o)) {
+		if (conn_ready(c, &o))
 			c->io->started(c);
-			conn_read_pending(c);
-		} else
+		else
 			c->io->fail(c, o);
 		return;
 	}

@@ -110,12 +110,6 @@ int	conn_start(struct conn *c, const struct transport_ops *ops,
 	    const struct conn_io *io);
 
 
-/*
- * After a read callback: have the bufferevent read again when OpenSSL
- * still holds records (read-ahead) that the socket no longer signals.
- */
-void	conn_read_pending(struct conn *c);
-
 /* Arm c's timer in ms. */
 void	conn_timer(struct conn *c, long ms);
 

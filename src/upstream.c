@@ -454,14 +454,27 @@ upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
 void
 upstream_note_timeout(struct upstream *up)
 {
+	struct conn *c;
+
 	up->stats.errors++;
 	/* A timeout is a slow answer too, for strategy = fastest. */
 	up->rtt_ms = up->rtt_ms ? (up->rtt_ms > 30000 ? 60000 :
 	    up->rtt_ms * 2) : 1500;
 	/* A down upstream's probe that times out lengthens its backoff. */
-	if (up->state == UPSTREAM_DOWN ||
-	    (++up->timeouts >= TIMEOUTS_DOWN && up->state == UPSTREAM_UP))
-		mark_down(up, "queries time out");
+	if (up->state != UPSTREAM_DOWN &&
+	    (++up->timeouts < TIMEOUTS_DOWN || up->state != UPSTREAM_UP))
+		return;
+	mark_down(up, "queries time out");
+	/*
+	 * The connection itself may be wedged (a frame that never ends, a
+	 * server that stopped reading): the next probe gets a new one.
+	 */
+	if ((c = up->conn) != NULL && c->state == CONN_READY) {
+		log_info("upstream %s: %s: closing the connection its queries "
+		    "timed out on", up->conf->name, c->addrstr);
+		c->io->fail(c, c->io->busy(c) ? CONN_CLOSED_BUSY :
+		    CONN_CLOSED_IDLE);
+	}
 }
 
 void
