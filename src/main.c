@@ -102,15 +102,30 @@ parse_run_opts(int argc, char **argv, struct run_opts *o, bool run,
 	return 0;
 }
 
+/*
+ * The -c option and the conf of a command that takes nothing else; with
+ * env_conf, STUBBORN_CONF stands in for a missing -c.  NULL (reported):
+ * exit with EXIT_USAGE.
+ */
+static struct config *
+command_conf(int argc, char **argv, struct run_opts *o, bool env_conf)
+{
+	if (parse_run_opts(argc, argv, o, false, 0) != 0)
+		return NULL;
+	if (env_conf && !o->conf_given && getenv("STUBBORN_CONF") != NULL) {
+		o->conf = getenv("STUBBORN_CONF");
+		o->conf_given = true;
+	}
+	return config_load(o->conf, o->conf_given, stderr);
+}
+
 static int
 cmd_check_config(int argc, char **argv)
 {
 	struct run_opts o = { 0 };
 	struct config *cfg;
 
-	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
-		return EXIT_USAGE;
-	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+	if ((cfg = command_conf(argc, argv, &o, false)) == NULL)
 		return EXIT_USAGE;
 	config_print(cfg, stdout);
 	config_free(cfg);
@@ -323,9 +338,7 @@ cmd_ct_watchlist(int argc, char **argv)
 	struct run_opts o = { 0 };
 	struct config *cfg;
 
-	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
-		return EXIT_USAGE;
-	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+	if ((cfg = command_conf(argc, argv, &o, false)) == NULL)
 		return EXIT_USAGE;
 	ctwatch_print_watchlist(cfg, stdout);
 	config_free(cfg);
@@ -340,14 +353,8 @@ cmd_ct_hook(int argc, char **argv)
 	struct config *cfg;
 	int rc;
 
-	if (parse_run_opts(argc, argv, &o, false, 0) != 0)
-		return EXIT_USAGE;
 	/* Run by name with no arguments, the conf may come from the environment. */
-	if (!o.conf_given && getenv("STUBBORN_CONF") != NULL) {
-		o.conf = getenv("STUBBORN_CONF");
-		o.conf_given = true;
-	}
-	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+	if ((cfg = command_conf(argc, argv, &o, true)) == NULL)
 		return EXIT_USAGE;
 	/* certspotter keeps the script's output; syslog keeps it too. */
 	log_init(LOG_TO_BOTH, o.verbose ? LOG_DEBUG : cfg->log_level);

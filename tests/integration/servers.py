@@ -504,3 +504,13 @@ def stubborn_conf(port, upstreams, ca_file, listen_v6, allow=None,
     for u in upstreams:
         text += "\n" + u.section()
     return text
+
+
+def proc_status(pid):
+    """/proc/PID/status as a dict of field name to its words."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()
+    return fields

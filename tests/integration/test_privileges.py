@@ -13,15 +13,6 @@ import servers
 RUN_TIMEOUT = 10.0
 
 
-def _status_fields(pid):
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.split()
-    return fields
-
-
 @pytest.mark.skipif(os.geteuid() != 0,
                     reason="dropping privileges needs root; run the suite as root")
 def test_runs_as_configured_user(upstream, stubborn, certs):
@@ -39,7 +30,7 @@ def test_runs_as_configured_user(upstream, stubborn, certs):
         assert r.id == q.id
         assert clients.answer_strings(r, "A") == [servers.zone_a(60 + i)]
 
-    st = _status_fields(s.proc.pid)
+    st = servers.proc_status(s.proc.pid)
     # Real, effective, saved and filesystem IDs: any one left at 0 would
     # let the process become root again.
     assert st["Uid"] == [str(nobody.pw_uid)] * 4, st["Uid"]

@@ -23,15 +23,6 @@ root_only = pytest.mark.skipif(os.geteuid() != 0,
                                reason="the sandbox's drop needs root; run the suite as root")
 
 
-def _status(pid):
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.split()
-    return fields
-
-
 def _children(pid):
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
@@ -58,7 +49,7 @@ def test_the_daemon_keeps_nothing_it_does_not_need(upstream, stubborn, certs):
     _answers(s.port, 70)
     _answers(s.port, 71, tcp=True)
 
-    st = _status(s.proc.pid)
+    st = servers.proc_status(s.proc.pid)
     assert st["Uid"] == [str(nobody.pw_uid)] * 4, st["Uid"]
     for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert int(st[caps][0], 16) == 0, (caps, st[caps])
@@ -72,7 +63,7 @@ def test_the_daemon_keeps_nothing_it_does_not_need(upstream, stubborn, certs):
     assert len(kids) == 1, kids
     with open(f"/proc/{kids[0]}/comm") as f:
         assert f.read().strip() == "stubborn-launch"
-    lst = _status(kids[0])
+    lst = servers.proc_status(kids[0])
     assert lst["Uid"] == [str(nobody.pw_uid)] * 4, lst["Uid"]
     assert int(lst["CapEff"][0], 16) == 0
     assert lst["Seccomp"] == ["0"]
@@ -83,7 +74,7 @@ def test_seccomp_can_be_turned_off(upstream, stubborn, certs):
     up = upstream("first")
     s = stubborn([up.spec(pins=[certs["good"].pin])], server_extra=["seccomp = no"])
     _answers(s.port, 73)
-    assert _status(s.proc.pid)["Seccomp"] == ["0"]
+    assert servers.proc_status(s.proc.pid)["Seccomp"] == ["0"]
     assert "seccomp filter on" not in s.log_text()
 
 
@@ -91,7 +82,7 @@ def test_seccomp_on_by_default(upstream, stubborn, certs):
     up = upstream("first")
     s = stubborn([up.spec(pins=[certs["good"].pin])])
     _answers(s.port, 74)
-    assert _status(s.proc.pid)["Seccomp"] == ["2"]
+    assert servers.proc_status(s.proc.pid)["Seccomp"] == ["2"]
 
 
 @pytest.fixture
