@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ struct resolver {
 	const struct timeval	*attempt_tv;	/* a libevent common timeout */
 	struct query		*free;		/* reusable, through hnext */
 	size_t			 nfree;
+	bool			 reloading;	/* every query starts over after */
 };
 
 static void	dispatch(struct query *);
@@ -185,6 +187,12 @@ failed_cb(void *arg, struct txq *tx, struct upstream *up, bool retry_same)
 
 	(void)arg;
 	evtimer_del(&q->timer);
+	/*
+	 * A stream refused while the old pool is cancelled or freed: the
+	 * reload dispatches every query again, on the new pool.
+	 */
+	if (q->r->reloading)
+		return;
 	/* A connection closed under us: the upstream deserves one retry. */
 	if (retry_same && !q->retried_same) {
 		q->retried_same = true;
@@ -280,6 +288,7 @@ resolver_reload(struct resolver *r, const struct config *cfg,
 	if ((pool = upstream_pool_new(r->base, cfg, ct_list, &cbs)) == NULL)
 		return -1;
 	upstream_pool_carry(pool, r->pool);
+	r->reloading = true;
 	TAILQ_FOREACH(q, &r->queries, entry) {
 		upstream_cancel(&q->tx);
 		evtimer_del(&q->timer);
@@ -289,6 +298,7 @@ resolver_reload(struct resolver *r, const struct config *cfg,
 	}
 	upstream_pool_free(r->pool);
 	r->pool = pool;
+	r->reloading = false;
 	r->max_ttl = (uint32_t)cfg->cache_max_ttl;
 	/* dispatch may answer and free q, never another query. */
 	for (q = TAILQ_FIRST(&r->queries); q != NULL; q = next) {
