@@ -284,8 +284,13 @@ discovered(const struct config *cfg)
 		sk_X509_pop_free(chain, X509_free);
 		return 0;
 	}
-	snprintf(path, sizeof(path), "%s/%s",
-	    cfg->state_dir ? cfg->state_dir : ".", DENYLIST_FILE);
+	if (cfg->state_dir == NULL) {
+		log_warnx("ct-hook: no state-dir in %s: nowhere to keep the "
+		    "deny list", cfg->path ? cfg->path : "the conf");
+		sk_X509_pop_free(chain, X509_free);
+		return 1;
+	}
+	snprintf(path, sizeof(path), "%s/%s", cfg->state_dir, DENYLIST_FILE);
 	for (i = 0; item != NULL && i < cfg->nupstreams; i++) {
 		const struct upstream_conf *uc = &cfg->upstreams[i];
 

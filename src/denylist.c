@@ -228,7 +228,7 @@ same_stat(const struct stat *a, const struct stat *b)
 	    a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
-static void
+static int
 watch_load(struct denylist_watch *w)
 {
 	char *errs = NULL, *line, *save = NULL;
@@ -238,7 +238,7 @@ watch_load(struct denylist_watch *w)
 	int rc;
 
 	if ((fp = open_memstream(&errs, &len)) == NULL)
-		return;
+		return -1;
 	rc = denylist_load(w->path, &keys, &n, fp);
 	fclose(fp);
 	for (line = strtok_r(errs, "\n", &save); line != NULL;
@@ -246,7 +246,7 @@ watch_load(struct denylist_watch *w)
 		log_warnx("deny list: %s", line);
 	free(errs);
 	if (rc != 0)
-		return;		/* the keys in use stay */
+		return -1;	/* the keys in use stay; tried again next tick */
 	for (i = 0; i < n; i++)
 		if (!trust_pin_match(deny, ndeny, &keys[i]))
 			added++;
@@ -258,6 +258,7 @@ watch_load(struct denylist_watch *w)
 		    n == 1 ? "" : "s");
 	if (w->changed != NULL && w->seen)
 		w->changed(added, w->arg);
+	return 0;
 }
 
 static void
@@ -271,9 +272,8 @@ watch_tick(evutil_socket_t fd, short ev, void *arg)
 	(void)ev;
 	if (stat(w->path, &st) != 0)
 		memset(&st, 0, sizeof(st));	/* gone: an empty list */
-	if (!w->seen || !same_stat(&st, &w->last)) {
+	if ((!w->seen || !same_stat(&st, &w->last)) && watch_load(w) == 0) {
 		w->last = st;
-		watch_load(w);
 		w->seen = true;
 	}
 	evtimer_add(w->timer, &tv);

@@ -159,6 +159,12 @@ log_set_incident_hook(const char *cmd)
 	incident_hook = cmd;
 }
 
+void
+log_set_hook_runner(void (*fn)(const char *, const char *))
+{
+	hook_runner = fn != NULL ? fn : log_run_hook;
+}
+
 /*
  * Double fork: the middle child exits at once and is reaped here; the
  * grandchild, reparented to init, leads a new process group, starts the
@@ -166,12 +172,6 @@ log_set_incident_hook(const char *cmd)
  * hook outlives its timeout.  The JSON goes through a pipe that holds it
  * whole.  After fork only async-signal-safe calls are made.
  */
-void
-log_set_hook_runner(void (*fn)(const char *, const char *))
-{
-	hook_runner = fn != NULL ? fn : log_run_hook;
-}
-
 void
 log_run_hook(const char *cmd, const char *json)
 {

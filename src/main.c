@@ -488,20 +488,23 @@ chroot_check(const struct config *cfg, const char *conf)
 {
 	const char *what[4] = { conf, cfg->state_dir, cfg->ca_file,
 	    ct_wanted(cfg) ? cfg->ct_log_list : NULL };
+	/* Compared as sandbox_path will map them: to the resolved root. */
+	char *root = realpath(cfg->chroot, NULL);
 	size_t i;
 
+	if (root == NULL)
+		return;		/* sandbox_chroot reports it */
 	for (i = 0; i < 4; i++)
-		if (what[i] != NULL &&
-		    !sandbox_path_under(what[i], cfg->chroot))
+		if (what[i] != NULL && !sandbox_path_under(what[i], root))
 			log_warnx("%s is outside chroot %s: the daemon "
 			    "cannot read it again", what[i], cfg->chroot);
 	for (i = 0; i < cfg->nupstreams; i++)
 		if (cfg->upstreams[i].ca_file != NULL &&
-		    !sandbox_path_under(cfg->upstreams[i].ca_file,
-		    cfg->chroot))
+		    !sandbox_path_under(cfg->upstreams[i].ca_file, root))
 			log_warnx("%s is outside chroot %s: the daemon "
 			    "cannot read it again",
 			    cfg->upstreams[i].ca_file, cfg->chroot);
+	free(root);
 }
 
 /*
@@ -549,7 +552,7 @@ cmd_run(int argc, char **argv)
 		return EXIT_USAGE;
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
 		return EXIT_USAGE;
-	log_init(1, o.verbose ? LOG_DEBUG : cfg->log_level);
+	log_init(LOG_TO_STDERR, o.verbose ? LOG_DEBUG : cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
@@ -570,7 +573,7 @@ cmd_run(int argc, char **argv)
 	if (!o.foreground) {
 		if (daemon(0, 0) == -1)
 			fatal("daemon");
-		log_init(0, o.verbose ? LOG_DEBUG : cfg->log_level);
+		log_init(LOG_TO_SYSLOG, o.verbose ? LOG_DEBUG : cfg->log_level);
 		if (event_reinit(base) != 0)
 			fatalx("event_reinit failed");
 	}
@@ -604,6 +607,8 @@ done:
 		listener_stop(l);
 	metrics_stop(ms);
 	resolver_free(r);
+	/* The SERVFAILs just written to TCP clients leave before they close. */
+	event_base_loop(base, EVLOOP_NONBLOCK);
 	listener_free(l);
 	for (i = 0; i < 4; i++)
 		if (sigs[i] != NULL)
@@ -1055,7 +1060,7 @@ main(int argc, char **argv)
 	const char *self = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 :
 	    argv[0];
 
-	log_init(1, LOG_INFO);
+	log_init(LOG_TO_STDERR, LOG_INFO);
 	/* certspotter runs a -script without arguments: this name is ct-hook. */
 	if (strcmp(self, "stubborn-ct-hook") == 0)
 		return cmd_ct_hook(argc, argv);

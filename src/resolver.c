@@ -27,7 +27,20 @@
 #define INFLIGHT_BUCKETS	4096	/* power of two */
 #define SHED_LOG_EVERY_MS	10000
 
-#define FREE_QUERIES_MAX	1024	/* kept for reuse: no malloc per query */
+/*
+ * Freed queries kept for reuse: no malloc per query.  None under ASan,
+ * which must see every free to catch a use after it.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define FREE_QUERIES_MAX	0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FREE_QUERIES_MAX	0
+#endif
+#endif
+#ifndef FREE_QUERIES_MAX
+#define FREE_QUERIES_MAX	1024
+#endif
 
 /* A client waiting for the answer to a question. */
 struct waiter {

@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/capability.h>
@@ -74,9 +76,11 @@ sandbox_drop_privileges(const char *user, const char *dir)
  * answers 'L' with the wait status (int) of a launched program.
  */
 #define LAUNCH_MSG_MAX	65536
+#define LAUNCH_TIMEOUT_SEC	600	/* a hung update-log-list is killed */
 
 static struct {
 	int		 fd;		/* the daemon's end; -1: none */
+	bool		 restricted;	/* seccomp on: this process cannot fork */
 	pid_t		 pid;
 	struct event	*ev;
 	void		(*done)(int, void *);
@@ -90,9 +94,12 @@ launcher_hook(const char *cmd, const char *json)
 	size_t clen = strlen(cmd), jlen = strlen(json);
 	char *msg;
 
-	if (1 + clen + 1 + jlen > LAUNCH_MSG_MAX ||
-	    (msg = malloc(1 + clen + 1 + jlen)) == NULL) {
+	if (1 + clen + 1 + jlen > LAUNCH_MSG_MAX) {
 		log_warnx("on-incident: the record is too large to pass on");
+		return;
+	}
+	if ((msg = malloc(1 + clen + 1 + jlen)) == NULL) {
+		log_warn("on-incident");
 		return;
 	}
 	msg[0] = 'H';
@@ -126,6 +133,7 @@ launcher_main(int fd)
 {
 	static char msg[LAUNCH_MSG_MAX + 1];
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	time_t started = 0;
 	pid_t child = 0;
 	ssize_t n;
 
@@ -133,6 +141,8 @@ launcher_main(int fd)
 		int st;
 		pid_t pid;
 
+		if (child > 0 && time(NULL) - started > LAUNCH_TIMEOUT_SEC)
+			kill(child, SIGKILL);	/* reaped, and reported, below */
 		while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
 			if (pid == child) {
 				char reply[1 + sizeof(int)] = { 'L' };
@@ -163,6 +173,7 @@ launcher_main(int fd)
 				p += strlen(p) + 1;
 			}
 			argv[i] = NULL;
+			started = time(NULL);
 			if ((child = launcher_spawn(argv)) == -1) {
 				char reply[1 + sizeof(int)] = { 'L' };
 
@@ -173,6 +184,14 @@ launcher_main(int fd)
 			}
 		}
 	}
+}
+
+/* The launcher is gone: under seccomp this process cannot start a hook. */
+static void
+launcher_gone_hook(const char *cmd, const char *json)
+{
+	(void)json;
+	log_warnx("on-incident: not run (the launcher is gone): %s", cmd);
 }
 
 static void
@@ -190,7 +209,8 @@ launcher_read(evutil_socket_t fd, short ev, void *arg)
 			log_warnx("the launcher exited; incident hooks and "
 			    "the CT log list refresh no longer run");
 			event_del(launcher.ev);
-			log_set_hook_runner(NULL);
+			log_set_hook_runner(launcher.restricted ?
+			    launcher_gone_hook : NULL);
 			close(launcher.fd);
 			launcher.fd = -1;
 		}
@@ -207,6 +227,7 @@ launcher_read(evutil_socket_t fd, short ev, void *arg)
 int
 sandbox_launcher_start(struct event_base *base, const char *user)
 {
+	pid_t parent = getpid();
 	int sv[2];
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
@@ -220,8 +241,13 @@ sandbox_launcher_start(struct event_base *base, const char *user)
 		return -1;
 	}
 	if (launcher.pid == 0) {
-		/* Nothing of the daemon's: no sockets, no files. */
-		if (dup2(sv[1], 3) == -1 ||
+		/*
+		 * Nothing of the daemon's: no sockets, no files (syslog's
+		 * included, reopened on use), and its own socket closed on
+		 * exec, so no hook or child inherits it.
+		 */
+		closelog();
+		if (dup3(sv[1], 3, O_CLOEXEC) == -1 ||
 		    syscall(SYS_close_range, 4U, ~0U, 0) == -1)
 			_exit(1);
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -230,7 +256,7 @@ sandbox_launcher_start(struct event_base *base, const char *user)
 		signal(SIGINT, SIG_IGN);
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGCHLD, SIG_DFL);
-		if (getppid() == 1)
+		if (getppid() != parent)
 			_exit(0);	/* the daemon died already */
 		if (sandbox_drop_privileges(user, NULL) != 0)
 			_exit(1);
@@ -384,17 +410,17 @@ static const int seccomp_allowed[] = {
 	SCMP_SYS(fsync), SCMP_SYS(fdatasync), SCMP_SYS(rename),
 	SCMP_SYS(renameat), SCMP_SYS(renameat2), SCMP_SYS(unlink),
 	SCMP_SYS(unlinkat), SCMP_SYS(fchmod), SCMP_SYS(umask),
-	SCMP_SYS(readlink), SCMP_SYS(stat), SCMP_SYS(lstat),
+	SCMP_SYS(readlink), SCMP_SYS(readlinkat), SCMP_SYS(stat),
+	SCMP_SYS(lstat),
 #ifdef __NR_open
 	SCMP_SYS(open),
 #endif
-	SCMP_SYS(connect), SCMP_SYS(accept),
-	SCMP_SYS(accept4), SCMP_SYS(bind), SCMP_SYS(listen),
+	SCMP_SYS(connect), SCMP_SYS(accept), SCMP_SYS(accept4),
 	SCMP_SYS(shutdown), SCMP_SYS(getsockname), SCMP_SYS(getpeername),
 	SCMP_SYS(getsockopt), SCMP_SYS(setsockopt),
 	SCMP_SYS(recvfrom), SCMP_SYS(sendto), SCMP_SYS(recvmsg),
 	SCMP_SYS(sendmsg), SCMP_SYS(recvmmsg), SCMP_SYS(sendmmsg),
-	SCMP_SYS(socketpair), SCMP_SYS(pipe2),
+	SCMP_SYS(pipe2),
 	SCMP_SYS(epoll_create1), SCMP_SYS(epoll_ctl), SCMP_SYS(epoll_wait),
 	SCMP_SYS(epoll_pwait), SCMP_SYS(poll), SCMP_SYS(ppoll),
 	SCMP_SYS(select), SCMP_SYS(pselect6), SCMP_SYS(eventfd2),
@@ -424,7 +450,7 @@ static const int seccomp_allowed[] = {
 #ifdef STUBBORN_ASAN
 /* LeakSanitizer stops the world at exit from a traced helper thread. */
 static const int seccomp_allowed_asan[] = {
-	SCMP_SYS(clone), SCMP_SYS(clone3), SCMP_SYS(ptrace), SCMP_SYS(wait4),
+	SCMP_SYS(clone), SCMP_SYS(clone3), SCMP_SYS(ptrace),
 	SCMP_SYS(prctl), SCMP_SYS(getppid), SCMP_SYS(tgkill), SCMP_SYS(kill),
 	SCMP_SYS(process_vm_readv), SCMP_SYS(set_robust_list),
 	SCMP_SYS(rseq), SCMP_SYS(sched_getaffinity), SCMP_SYS(getdents),
@@ -476,6 +502,9 @@ sandbox_seccomp(void)
 		log_warnx("seccomp: %s", strerror(-e));
 		return -1;
 	}
+	launcher.restricted = true;
+	if (launcher.fd == -1)
+		log_set_hook_runner(launcher_gone_hook);
 	log_info("seccomp filter on");
 	return 0;
 }

@@ -251,7 +251,13 @@ tls_system_store_reload(void)
 {
 	X509_STORE *s = X509_STORE_new();
 
-	if (s == NULL || tls_store_load(s, NULL) != 0) {
+	/*
+	 * A missing certificate directory still "loads" (it is read at
+	 * verification time): in a chroot without the bundle that would be
+	 * an empty store, so only a store holding certificates replaces one.
+	 */
+	if (s == NULL || tls_store_load(s, NULL) != 0 ||
+	    sk_X509_OBJECT_num(X509_STORE_get0_objects(s)) == 0) {
 		X509_STORE_free(s);
 		ERR_clear_error();
 		return -1;

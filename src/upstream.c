@@ -272,12 +272,17 @@ upstream_conn_remove(struct conn *c)
 void
 upstream_pool_drop_denied(struct upstream_pool *pool)
 {
-	struct conn *c, *next;
+	struct conn *c;
 	struct pin hit;
 
-	for (c = TAILQ_FIRST(&pool->conns); c != NULL; c = next) {
-		next = TAILQ_NEXT(c, pool_entry);
-		if (c->state == CONN_CONNECTING ||
+	/*
+	 * From the head again after each close: failing a conn's queries
+	 * over may open or close others.  A closed conn leaves the list, so
+	 * this ends.
+	 */
+again:
+	TAILQ_FOREACH(c, &pool->conns, pool_entry) {
+		if (c->state != CONN_READY ||
 		    denylist_check(c->gate.verified, &hit) < 0)
 			continue;
 		log_warnx("upstream %s: %s: a key of its certificate chain is "
@@ -285,6 +290,7 @@ upstream_pool_drop_denied(struct upstream_pool *pool)
 		    c->up->conf->name, c->addrstr);
 		c->io->fail(c, c->io->busy(c) ? CONN_CLOSED_BUSY :
 		    CONN_CLOSED_IDLE);
+		goto again;
 	}
 }
 

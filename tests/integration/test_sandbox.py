@@ -1,6 +1,7 @@
 """The running daemon's sandbox (chroot, user, no capabilities, seccomp),
 its launcher, `log-level`, and a graceful SIGTERM."""
 
+import json
 import os
 import pwd
 import re
@@ -249,3 +250,39 @@ def test_log_level(upstream, stubborn, certs, closed_upstream):
         status, _ = s.stop()
     assert status == 0
 
+
+
+@root_only
+def test_hooks_run_when_stubborn_is_pid_1(stubborn_bin, upstream, certs, tmp_path, ipv6,
+                                          request):
+    # As a container's entry point stubborn is PID 1: its launcher's
+    # parent is then 1 as well, and must not be taken for an orphan.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) not installed")
+    bad, good = upstream("first", "rogue"), upstream("second", "good")
+    out = tmp_path / "hook.out"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"cat > {out}.tmp && mv {out}.tmp {out}\n")
+    port = servers.free_port(["127.0.0.1"] + (["::1"] if ipv6 else []))
+    text = servers.stubborn_conf(port, [bad.spec(pins=[certs["good"].pin]),
+                                        good.spec(pins=[certs["good"].pin])],
+                                 certs.root_pem, ipv6,
+                                 trust_extra=[f"on-incident = sh {hook}"])
+    wrapper = tmp_path / "pid1.sh"
+    wrapper.write_text(f"#!/bin/sh\nexec unshare --pid --fork --mount-proc {stubborn_bin} \"$@\"\n")
+    wrapper.chmod(0o755)
+    s = servers.Stubborn(str(wrapper), tmp_path / "pid1", port, text)
+    try:
+        s.start()
+        q, r = clients.ask(s.port, servers.who_name("pid1"), "TXT")
+        assert clients.answer_strings(r, "TXT") == ["second"]
+        assert slow.wait_until(out.exists), "the hook did not run:\n" + s.log_text()
+        assert json.loads(out.read_text())["reason"] == "pin"
+        assert "launcher exited" not in s.log_text()
+        # SIGTERM to stubborn itself (PID 1 inside), not to unshare.
+        (inner,) = [c for c in _children(s.proc.pid)]
+        os.kill(inner, signal.SIGTERM)
+        assert s.proc.wait(timeout=10) == 0, s.log_text()
+    finally:
+        s.stop()
+        request.node.add_report_section("call", "stubborn log", s.log_text())
