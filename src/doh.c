@@ -304,6 +304,8 @@ on_stream_close_cb(nghttp2_session *h2, int32_t id, uint32_t error,
 	else {
 		log_debug("upstream %s: stream %d: %s (status %d)",
 		    dc->c.up->conf->name, id, bad, st->status);
+		if (error != NGHTTP2_REFUSED_STREAM)
+			upstream_note_failure(dc->c.up, bad);
 		/* Streams refused by a GOAWAY were never seen: ask again. */
 		upstream_txq_failed(&dc->c, q, error == NGHTTP2_REFUSED_STREAM ?
 		    CONN_CLOSED_BUSY : CONN_FAILED);

@@ -222,8 +222,12 @@ query_timo(evutil_socket_t fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	upstream_cancel(&q->tx);
-	if (q->up != NULL)
+	if (q->up != NULL) {
+		log_debug("upstream %s: no answer within %llu ms",
+		    q->up->conf->name, (unsigned long long)
+		    (upstream_now_ms() - q->sent_ms));
 		upstream_note_timeout(q->up);
+	}
 	dispatch(q);
 }
 

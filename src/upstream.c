@@ -458,6 +458,18 @@ upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
 }
 
 void
+upstream_note_failure(struct upstream *up, const char *why)
+{
+	char buf[160];
+
+	up->stats.errors++;
+	if (up->state != UPSTREAM_UP || ++up->timeouts < TIMEOUTS_DOWN)
+		return;
+	snprintf(buf, sizeof(buf), "answers fail: %s", why);
+	mark_down(up, buf);
+}
+
+void
 upstream_note_timeout(struct upstream *up)
 {
 	struct conn *c;

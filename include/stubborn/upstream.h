@@ -135,6 +135,12 @@ void	upstream_note_rtt(struct upstream *up, uint64_t rtt_ms);
 void	upstream_note_timeout(struct upstream *up);
 
 /*
+ * up answered q with something unusable (why, in words): as many in a row
+ * as timeouts mark it down, so queries stop going there first.
+ */
+void	upstream_note_failure(struct upstream *up, const char *why);
+
+/*
  * Set gate's CT step for a new connection to up: the upstream's ct mode,
  * report-only while the log list is missing or older than
  * ct-max-list-age (warned about hourly).

@@ -505,6 +505,24 @@ def test_spoiled_stream_fails_over_and_the_connection_survives(hostile_h2, upstr
     assert s.alive()
 
 
+
+def test_upstream_whose_answers_keep_failing_is_marked_down(hostile_h2, upstream, stubborn):
+    # Three unusable answers in a row, like three timeouts: the upstream is
+    # marked down (and says why), so the next queries go straight to the
+    # next upstream instead of taking a detour each.
+    h = hostile_h2(Spoil(_act("status-500")))
+    second = upstream("second", transports=("doh",))
+    s = stubborn([h.spec(), second.spec()], verbose=True)
+    for i in range(3):
+        answers, _ = _who(s.port, f"bad{i}-down")
+        assert answers == ["second"]
+    assert re.search(r"upstream hostile: down \(answers fail: HTTP status other than 200\)",
+                     s.log_text()), s.log_text()
+    before = len(h.requests())
+    answers, _ = _who(s.port, "good-after-down")
+    assert answers == ["second"]
+    assert len(h.requests()) == before, "a down upstream was asked first"
+
 class Goaway(Script):
     """On connections listed in `on` (all when None): GOAWAY whose
     last_stream_id is below the request's stream, then hang up."""
