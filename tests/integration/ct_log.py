@@ -85,6 +85,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+import hostile
+
 ADDRESS = "127.0.0.1"
 
 # RFC 6962 enumerations.
@@ -383,7 +385,7 @@ def _https_identity(directory, address):
     return ca_pem, chain_pem, key_pem
 
 
-class CTLog:
+class CTLog(hostile.LineLog):
     """One RFC 6962 log.  Thread-safe: tests add entries from their own
     thread while the server threads answer certspotter."""
 
@@ -550,14 +552,6 @@ class CTLog:
         return write_log_list(path, [self, *others])
 
     # Serving -------------------------------------------------------------------
-
-    def log(self, line):
-        with self._lock:
-            self._lines.append(f"{time.monotonic():.3f} {line}")
-
-    def log_text(self):
-        with self._lock:
-            return "\n".join(self._lines) + "\n"
 
     def requests(self, endpoint=None, since=None):
         """(monotonic time, endpoint, query dict, status) of each request,

@@ -67,7 +67,7 @@ def partial_server_hello():
             b"\x03\x03" + os.urandom(12))      # legacy_version, 12 of 32 random
 
 
-class StallServer:
+class StallServer(hostile.LineLog):
     """Accepts TCP on a loopback address; once the client has spoken (its
     ClientHello), sends `greeting` (may be empty) and then nothing, ever,
     while holding the connection open.  Records what it saw."""
@@ -84,14 +84,6 @@ class StallServer:
         self._stop = threading.Event()
         self._thread = None
         self._listener = None
-
-    def log(self, line):
-        with self._lock:
-            self._lines.append(f"{time.monotonic():.3f} {line}")
-
-    def log_text(self):
-        with self._lock:
-            return "\n".join(self._lines) + "\n"
 
     def start(self):
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

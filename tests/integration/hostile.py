@@ -108,7 +108,20 @@ class Conn:
         self.closed = True
 
 
-class ThreadedServer:
+class LineLog:
+    """A fixture's own log: timestamped lines, kept under its _lock in
+    _lines, shown by the suite when a test fails."""
+
+    def log(self, line):
+        with self._lock:
+            self._lines.append(f"{time.monotonic():.3f} {line}")
+
+    def log_text(self):
+        with self._lock:
+            return "\n".join(self._lines) + "\n"
+
+
+class ThreadedServer(LineLog):
     """What the hostile servers share: a listener bound before start()
     returns, one thread per connection, bounded in number and lifetime, and
     a stop() that joins them all.  A subclass sets kind, name, address,
@@ -191,14 +204,6 @@ class HostileDot(ThreadedServer):
     def spec(self, pins=()):
         return servers.UpstreamSpec(self.name, self.address, self.port,
                                     pki.HOSTNAME, tuple(pins))
-
-    def log(self, line):
-        with self._lock:
-            self._lines.append(f"{time.monotonic():.3f} {line}")
-
-    def log_text(self):
-        with self._lock:
-            return "\n".join(self._lines) + "\n"
 
     def queries(self):
         """(connection number, rewritten ID, name, type) of each query, in

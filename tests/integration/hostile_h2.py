@@ -193,14 +193,6 @@ class HostileDoh(hostile.ThreadedServer):
         return servers.UpstreamSpec(self.name, self.address, self.port, pki.HOSTNAME,
                                     tuple(pins), scheme="https", path=path)
 
-    def log(self, line):
-        with self._lock:
-            self._lines.append(f"{time.monotonic():.3f} {line}")
-
-    def log_text(self):
-        with self._lock:
-            return "\n".join(self._lines) + "\n"
-
     def requests(self):
         with self._lock:
             return list(self._requests)
