@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 import ct_fixture
 import ct_log
+import slow
 
 DER = serialization.Encoding.DER
 H = lambda b: hashlib.sha256(b).digest()  # noqa: E731
@@ -419,20 +420,12 @@ def _spki_sha256(cert):
         DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
-def _wait(predicate, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(step)
-
 
 def _wait_poll_done(cs, log, timeout=POLL_BOUND):
     """Until certspotter has checked the whole published tree (its state
     file says so), or it died; returns whether it got there."""
     size = log.sth.tree_size
-    return _wait(lambda: cs.verified_size(log) == size or not cs.alive(), timeout) \
+    return slow.wait_until(lambda: cs.verified_size(log) == size or not cs.alive(), timeout=timeout) \
         and cs.verified_size(log) == size
 
 
@@ -512,7 +505,7 @@ def test_certspotter_reports_watched_names_in_its_first_poll(
 
     cs = certspotter(logs, ["dns.test", ".sub.test"], script, trust=log.ca_pem)
     t0 = cs.started_at
-    assert _wait(lambda: ct_log.read_events(events), POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: ct_log.read_events(events), POLL_BOUND), cs.log_text()
     first_event = time.monotonic() - t0
     assert _wait_poll_done(cs, log), cs.log_text()
     poll_done = time.monotonic() - t0
@@ -561,7 +554,7 @@ def test_a_restart_resumes_and_its_first_poll_finds_only_new_entries(
     log.publish()
     cs.start()
     t0 = cs.started_at
-    assert _wait(lambda: ct_log.read_events(events), POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: ct_log.read_events(events), POLL_BOUND), cs.log_text()
     took = time.monotonic() - t0
     assert _wait_poll_done(cs, log), cs.log_text()
     record_property("certspotter_restart_event_s", round(took, 3))
@@ -587,7 +580,7 @@ def test_precertificate_and_certificate_share_tbs_and_key(ct_logs, certspotter, 
     log.publish()
     logs, events, script = _setup(tmp_path, log)
     cs = certspotter(logs, ["dns.test"], script, trust=log.ca_pem)
-    assert _wait(lambda: len(ct_log.read_events(events)) >= 2, POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: len(ct_log.read_events(events)) >= 2, POLL_BOUND), cs.log_text()
     assert _wait_poll_done(cs, log), cs.log_text()
     pre_ev, cert_ev = sorted(ct_log.read_events(events), key=lambda e: int(e["ENTRY_INDEX"]))
     _assert_discovered(pre_ev, precert, chain, log, pe.index, "dns.test",
@@ -615,7 +608,7 @@ def test_certspotter_checks_what_the_log_signs(ct_logs, certspotter, certs, tmp_
     events = tmp_path / "events"
     script = ct_log.write_env_dump_script(tmp_path / "hook.sh", events)
     cs = certspotter(lst, ["dns.test"], script)
-    assert _wait(lambda: "invalid signature" in cs.log_text(), POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: "invalid signature" in cs.log_text(), POLL_BOUND), cs.log_text()
     assert not log.requests("get-entries")
     assert ct_log.read_events(events) == []
 
@@ -627,7 +620,7 @@ def test_certspotter_checks_what_the_log_signs(ct_logs, certspotter, certs, tmp_
     liar.add_cert(certs["good"].leaf.public_bytes(DER), chain)
     liar.publish(root_hash=H(b"a view no entries back"))
     cs2 = certspotter(liar.write_log_list(tmp_path / "liar.json"), ["dns.test"], script)
-    assert _wait(lambda: "does not match the entries" in cs2.log_text(), POLL_BOUND), \
+    assert slow.wait_until(lambda: "does not match the entries" in cs2.log_text(), POLL_BOUND), \
         cs2.log_text()
     assert not cs2.verified_size(liar)
     # ... after having run the hook for the entry all the same.
@@ -662,7 +655,7 @@ def test_a_failing_hook_stops_certspotter(ct_logs, certspotter, certs, tmp_path)
     events = tmp_path / "events"
     failing = ct_log.write_env_dump_script(tmp_path / "fail.sh", events, status=3)
     cs = certspotter(logs, ["dns.test"], failing)
-    assert _wait(lambda: not cs.alive(), POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: not cs.alive(), POLL_BOUND), cs.log_text()
     assert cs.proc.returncode != 0
     assert "exited with code 3" in cs.log_text()
     assert len(ct_log.read_events(events)) == 1
@@ -670,7 +663,7 @@ def test_a_failing_hook_stops_certspotter(ct_logs, certspotter, certs, tmp_path)
     # Fixed hook, same state: the certificate is reported again.
     cs.script = ct_log.write_env_dump_script(tmp_path / "ok.sh", events)
     cs.start()
-    assert _wait(lambda: len(ct_log.read_events(events)) == 2, POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: len(ct_log.read_events(events)) == 2, POLL_BOUND), cs.log_text()
     assert _wait_poll_done(cs, log), cs.log_text()
     assert len(ct_log.read_events(events)) == 2
 
@@ -693,7 +686,7 @@ def test_error_events_reach_the_hook(ct_logs, certspotter, certs, tmp_path):
     events = tmp_path / "events"
     script = ct_log.write_env_dump_script(tmp_path / "hook.sh", events)
     cs = certspotter(lst, ["dns.test"], script, extra_args=("-healthcheck", "2s"))
-    assert _wait(lambda: ct_log.read_events(events), POLL_BOUND), cs.log_text()
+    assert slow.wait_until(lambda: ct_log.read_events(events), POLL_BOUND), cs.log_text()
     ev = ct_log.read_events(events)[0]
     assert ev["EVENT"] == "error" and ev["SUMMARY"], ev
     assert ev["HOOK_ARGC"] == "0"
@@ -717,7 +710,7 @@ def test_live_poll_notices_a_new_entry(ct_logs, certspotter, certs, tmp_path,
     log.add_cert(certs["good"].leaf.public_bytes(DER), chain)
     log.publish()
     added = time.monotonic()
-    assert _wait(lambda: ct_log.read_events(events), POLL_INTERVAL + POLL_BOUND, step=0.5), \
+    assert slow.wait_until(lambda: ct_log.read_events(events), POLL_INTERVAL + POLL_BOUND, step=0.5), \
         cs.log_text()
     took = time.monotonic() - added
     polls = [r[0] - first_poll for r in log.requests("get-sth")]

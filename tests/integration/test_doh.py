@@ -20,6 +20,7 @@ import clients
 import hostile
 import pki
 import servers
+import slow
 from servers import zone_a, zone_aaaa, zone_name, zone_txt
 
 # Per the contract: a failed stream fails over at once, a silent upstream
@@ -72,15 +73,6 @@ def _connected_lines(stubborn_proc, name):
     pat = re.compile(rf"\bupstream {re.escape(name)}: \S+: connected\b")
     return [line for line in stubborn_proc.log_text().splitlines() if pat.search(line)]
 
-
-def _wait(predicate, timeout, step=0.05):
-    """Poll until predicate() is true or timeout passes; its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(step)
 
 
 # --------------------------------------------------------------- forwarding
@@ -281,7 +273,7 @@ def test_refused_doh_server_gets_no_http2_byte(hostile_h2, upstream, stubborn, c
     assert answers == ["second"] and elapsed < ANSWER_WITHIN, (answers, elapsed)
     assert _incident(s, "first")["reason"] == reason
     assert h.connections >= 1, "stubborn never tried the refused server"
-    assert _wait(h.all_closed, 3.0), h.log_text()
+    assert slow.wait_until(h.all_closed, 3.0), h.log_text()
     assert h.requests() == []
     assert sum(h.bytes_in.values()) == 0, h.bytes_in
 
@@ -297,7 +289,7 @@ def test_server_refusing_h2_gets_no_request(hostile_h2, upstream, stubborn):
     assert h1.handshakes >= 1, "stubborn never completed a handshake with it"
     assert set(h1.negotiated) == {None}, h1.negotiated
     # Hung up without a byte: no HTTP/1.1 request, no HTTP/2 preface.
-    assert _wait(h1.all_closed, 3.0), h1.log_text()
+    assert slow.wait_until(h1.all_closed, 3.0), h1.log_text()
     assert sum(h1.bytes_in.values()) == 0, h1.bytes_in
     assert re.search(r"upstream http1: .*HTTP/2", s.log_text()), \
         "stubborn did not say the server refused HTTP/2"
@@ -496,7 +488,7 @@ def test_spoiled_stream_fails_over_and_the_connection_survives(hostile_h2, upstr
     assert reqs[-1].qname == servers.who_name(f"good-{kind}")
     if kind == "oversize-body":
         first_bad = next(r for r in reqs if r.qname.startswith("bad0"))
-        resets = _wait(lambda: [x for x in h.resets() if x[1] == first_bad.stream_id], 2.0)
+        resets = slow.wait_until(lambda: [x for x in h.resets() if x[1] == first_bad.stream_id], 2.0)
         assert resets, f"stubborn did not reset the oversized stream: {h.resets()}"
         _, _, code, at = resets[0]
         assert code == H2_CANCEL, resets
@@ -688,7 +680,7 @@ def test_silent_stream_is_cancelled_and_failed_over(hostile_h2, upstream, stubbo
     assert elapsed < ANSWER_WITHIN, f"answer took {elapsed:.2f}s"
     # The abandoned stream is reset, not left open on the server.
     [req] = h.requests()
-    resets = _wait(lambda: [x for x in h.resets() if x[:2] == (1, req.stream_id)], 2.0)
+    resets = slow.wait_until(lambda: [x for x in h.resets() if x[:2] == (1, req.stream_id)], 2.0)
     assert resets and resets[0][2] == H2_CANCEL, h.resets()
     assert s.alive()
 
@@ -712,7 +704,7 @@ def test_idle_connection_is_pinged_and_kept(hostile_h2, stubborn):
     s = stubborn([h.spec()], verbose=True)
     assert _who(s.port, "before-ping")[0] == HOSTILE_TXT
     # Idle connections are pinged every 10 s; the server acknowledges.
-    assert _wait(lambda: h.pings, 13.0, step=0.2), "no PING within 13 s of idling"
+    assert slow.wait_until(lambda: h.pings, 13.0, step=0.2), "no PING within 13 s of idling"
     assert _who(s.port, "after-ping")[0] == HOSTILE_TXT
     assert h.connections == 1
     assert {r.conn for r in h.requests()} == {1}
