@@ -14,7 +14,9 @@
 #include <netinet/tcp.h>
 
 #include <event2/bufferevent.h>
+#include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -208,6 +210,40 @@ tls_connect(struct event_base *base, SSL_CTX *ctx,
 	return bev;
 }
 
+/* Far more than one pass needs; the rest waits for the next loop turn. */
+#define DRAIN_MAX	(256 * 1024)
+
+bool
+tls_drain(struct bufferevent *bev)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct evbuffer_iovec v;
+	size_t moved = 0;
+	int n;
+
+	while (SSL_has_pending(ssl)) {
+		if (moved >= DRAIN_MAX ||
+		    evbuffer_reserve_space(in, 16384, &v, 1) < 1)
+			goto later;
+		ERR_clear_error();
+		if ((n = SSL_read(ssl, v.iov_base, (int)v.iov_len)) <= 0) {
+			/* EOF, an alert or a write wanted: libevent's to see. */
+			if (SSL_get_error(ssl, n) != SSL_ERROR_WANT_READ)
+				goto later;
+			break;
+		}
+		v.iov_len = (size_t)n;
+		evbuffer_commit_space(in, &v, 1);
+		moved += (size_t)n;
+	}
+	return moved > 0;
+later:
+	event_base_active_by_fd(bufferevent_get_base(bev),
+	    bufferevent_getfd(bev), EV_READ);
+	return moved > 0;
+}
+
 void
 tls_describe_error(struct bufferevent *bev, short events, char *why,
     size_t whysz)
@@ -283,7 +319,13 @@ tls_ctx_new(const char *ca_file)
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/*
+	 * One recv for many records instead of two for each (header, then
+	 * body); tls_drain hands on what it buffers.  The buffers stay: a
+	 * busy conn would otherwise free and allocate them per record.
+	 */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	if (ca_file == NULL) {
 		if (system_store == NULL && tls_system_store_reload() != 0) {
 			log_warnx("cannot load the system trust store");

@@ -19,6 +19,7 @@
 #define CONNECT_TIMEOUT_MS	5000
 
 static void	conn_timo_cb(evutil_socket_t, short, void *);
+static void	conn_read_cb(struct bufferevent *, void *);
 
 void
 conn_timer(struct conn *c, long ms)
@@ -43,7 +44,7 @@ connect_one(struct conn *c, const struct conn_io *io)
 	    sizeof(c->why));
 	if (c->bev == NULL)
 		return -1;
-	bufferevent_setcb(c->bev, io->read, NULL, conn_event_cb, c);
+	bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	conn_timer(c, CONNECT_TIMEOUT_MS);
 	return 0;
@@ -145,6 +146,17 @@ conn_ready(struct conn *c, enum conn_outcome *outcome)
 	return true;
 }
 
+/* The transport's reader, then again for what read-ahead holds. */
+static void
+conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	do
+		c->io->read(bev, c);
+	while (c->bev == bev && c->state != CONN_CLOSED && tls_drain(bev));
+}
+
 void
 conn_event_cb(struct bufferevent *bev, short events, void *arg)
 {
@@ -152,10 +164,14 @@ conn_event_cb(struct bufferevent *bev, short events, void *arg)
 	enum conn_outcome o;
 
 	if (events & BEV_EVENT_CONNECTED) {
-		if (conn_ready(c, &o))
-			c->io->started(c);
-		else
+		if (!conn_ready(c, &o)) {
 			c->io->fail(c, o);
+			return;
+		}
+		c->io->started(c);
+		/* The handshake's reads may have pulled in the first records. */
+		if (c->bev == bev && c->state == CONN_READY && tls_drain(bev))
+			conn_read_cb(bev, c);
 		return;
 	}
 	tls_describe_error(bev, events, c->why, sizeof(c->why));

@@ -81,6 +81,15 @@ struct bufferevent *tls_connect(struct event_base *base, SSL_CTX *ctx,
 	    struct tls_gate *gate, const unsigned char *alpn,
 	    unsigned alpn_len, char *why, size_t whysz);
 
+/*
+ * libevent's TLS bufferevent stops reading when the last record it
+ * decrypted is used up, and the socket stays quiet for records that
+ * read-ahead already pulled in.  This moves those into bev's input
+ * (or, past a bound or on an error, has the read event run again).
+ * Returns true when it added data.
+ */
+bool	tls_drain(struct bufferevent *bev);
+
 /* Put in why (whysz bytes) what ended bev, given its events. */
 void	tls_describe_error(struct bufferevent *bev, short events, char *why,
 	    size_t whysz);
