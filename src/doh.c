@@ -123,7 +123,11 @@ doh_fail(struct doh_conn *dc, enum conn_outcome outcome)
 static void
 flush(struct doh_conn *dc)
 {
-	static uint8_t out[16384];	/* one TLS record's worth */
+	/*
+	 * Not static: mem_send may close a stream whose query fails over to
+	 * another connection and flushes that one from inside this loop.
+	 */
+	uint8_t out[16384];	/* one TLS record's worth */
 	const uint8_t *data;
 	size_t used = 0;
 	ssize_t n;
