@@ -18,6 +18,7 @@
  */
 struct entry {
 	struct entry		*hnext;
+	struct entry		**hprev;	/* unlinked without a walk */
 	TAILQ_ENTRY(entry)	 lru;
 	uint64_t		 stored_ms;
 	uint32_t		 hash;
@@ -151,15 +152,8 @@ entry_is(struct entry *e, const struct cache_key *k)
 static void
 entry_drop(struct cache *c, struct entry *e)
 {
-	struct entry **pp;
-
-	for (pp = &c->buckets[e->hash & c->mask]; *pp != NULL;
-	    pp = &(*pp)->hnext) {
-		if (*pp == e) {
-			*pp = e->hnext;
-			break;
-		}
-	}
+	if ((*e->hprev = e->hnext) != NULL)
+		e->hnext->hprev = e->hprev;
 	TAILQ_REMOVE(&c->lru, e, lru);
 	c->count--;
 	free(e);
@@ -293,8 +287,10 @@ cache_store(struct cache *c, const struct cache_key *k,
 	memcpy(e->ttl_off, off, noff * sizeof(uint16_t));
 	memcpy(entry_name(e), k->name, k->namelen);
 	memcpy(entry_wire(e), answer, len);
-	e->hnext = c->buckets[k->hash & c->mask];
-	c->buckets[k->hash & c->mask] = e;
+	e->hprev = &c->buckets[k->hash & c->mask];
+	if ((e->hnext = *e->hprev) != NULL)
+		e->hnext->hprev = &e->hnext;
+	*e->hprev = e;
 	TAILQ_INSERT_HEAD(&c->lru, e, lru);
 	c->count++;
 	return true;

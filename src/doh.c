@@ -6,6 +6,7 @@
  */
 #include "config.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -26,23 +27,28 @@
 #define IDLE_PINGS_MAX		3	/* ...and closed after this many */
 #define BODY_MAX		DNSMSG_MAX_LEN
 #define DNS_MESSAGE		"application/dns-message"
+#define BODY_INLINE		512	/* most answers fit: no allocation */
 
 static const unsigned char alpn_h2[] = { 2, 'h', '2' };
 
-/* One query's stream; freed when nghttp2 closes the stream. */
+/*
+ * One query's stream, in one allocation with its query and, unless it is
+ * longer, its answer; freed when nghttp2 closes the stream.
+ */
 struct doh_stream {
 	TAILQ_ENTRY(doh_stream)	 entry;
 	struct txq		*q;	/* NULL once cancelled */
 	int32_t			 id;
-	uint8_t			*req;	/* the query, ID 0 */
 	size_t			 req_len;
 	size_t			 req_off;
 	int			 status;
 	bool			 ctype_ok;
 	bool			 too_big;
-	uint8_t			*body;
+	uint8_t			*body;	/* inline, or grown on the heap */
 	size_t			 len;
 	size_t			 cap;
+	uint8_t			 inline_body[BODY_INLINE];
+	uint8_t			 req[];	/* the query, ID 0 */
 };
 TAILQ_HEAD(doh_stream_list, doh_stream);
 
@@ -66,8 +72,8 @@ static void	doh_read_cb(struct bufferevent *, void *);
 static void
 stream_free(struct doh_stream *st)
 {
-	free(st->req);
-	free(st->body);
+	if (st->body != st->inline_body)
+		free(st->body);
 	free(st);
 }
 
@@ -255,15 +261,18 @@ on_data_cb(nghttp2_session *h2, uint8_t flags, int32_t id,
 		return 0;
 	}
 	if (st->len + len > st->cap) {
-		size_t cap = st->cap ? st->cap : 512;
+		size_t cap = st->cap;
 		uint8_t *b;
 
 		while (cap < st->len + len)
 			cap *= 2;
 		if (cap > BODY_MAX)
 			cap = BODY_MAX;
-		if ((b = realloc(st->body, cap)) == NULL)
+		if ((b = malloc(cap)) == NULL)
 			return NGHTTP2_ERR_CALLBACK_FAILURE;
+		memcpy(b, st->body, st->len);
+		if (st->body != st->inline_body)
+			free(st->body);
 		st->body = b;
 		st->cap = cap;
 	}
@@ -357,12 +366,27 @@ callbacks(void)
 	return cbs;
 }
 
+/* v (under 10^7) in decimal, unterminated; snprintf costs more per query. */
+static size_t
+decimal(char *buf, size_t v)
+{
+	char tmp[8];
+	size_t n = 0, i;
+
+	do
+		tmp[n++] = (char)('0' + v % 10);
+	while ((v /= 10) > 0 && n < sizeof(tmp));
+	for (i = 0; i < n; i++)
+		buf[i] = tmp[n - 1 - i];
+	return n;
+}
+
 /* Open a stream for q.  Fails q back to the pool when it cannot. */
 static void
 submit(struct doh_conn *dc, struct txq *q)
 {
 	const struct upstream_conf *uc = dc->c.up->conf;
-	struct doh_stream *st = calloc(1, sizeof(*st));
+	struct doh_stream *st = malloc(sizeof(*st) + q->len);
 	char clen[8] = "";
 	nghttp2_data_provider body;
 #define NV(n, v)	{ (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
@@ -378,13 +402,15 @@ submit(struct doh_conn *dc, struct txq *q)
 	};
 #undef NV
 
-	if (st == NULL || (st->req = malloc(q->len)) == NULL) {
-		free(st);
+	if (st == NULL) {
 		upstream_txq_failed(&dc->c, q, CONN_FAILED);
 		return;
 	}
-	snprintf(clen, sizeof(clen), "%zu", q->len);
-	hdrs[6].valuelen = strlen(clen);
+	/* Only the header fields, not the inline buffers, need clearing. */
+	memset(st, 0, offsetof(struct doh_stream, inline_body));
+	st->body = st->inline_body;
+	st->cap = sizeof(st->inline_body);
+	hdrs[6].valuelen = decimal(clen, q->len);
 	memcpy(st->req, q->msg, q->len);
 	/* RFC 8484 4.1: ID 0, so identical queries are cacheable. */
 	dnsmsg_set_id(st->req, 0);
@@ -441,6 +467,12 @@ doh_busy(const struct conn *c)
 	return ((const struct doh_conn *)c)->nstreams > 0;
 }
 
+static size_t
+doh_inflight(const struct conn *c)
+{
+	return ((const struct doh_conn *)c)->nstreams;
+}
+
 static const struct conn_io doh_io = {
 	.alpn = alpn_h2,
 	.alpn_len = sizeof(alpn_h2),
@@ -449,6 +481,7 @@ static const struct conn_io doh_io = {
 	.started = start_h2,
 	.fail = doh_conn_fail,
 	.busy = doh_busy,
+	.inflight = doh_inflight,
 	.idle = doh_idle,
 };
 

@@ -169,11 +169,18 @@ dot_busy(const struct conn *c)
 
 static void	dot_idle(struct conn *);
 
+static size_t
+dot_inflight(const struct conn *c)
+{
+	return ((const struct dot_conn *)c)->ninflight;
+}
+
 static const struct conn_io dot_io = {
 	.read = dot_read_cb,
 	.started = dot_started,
 	.fail = dot_conn_fail,
 	.busy = dot_busy,
+	.inflight = dot_inflight,
 	.idle = dot_idle,
 };
 

@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <event2/bufferevent.h>
 #include <openssl/err.h>
@@ -18,8 +19,21 @@
 
 #define CONNECT_TIMEOUT_MS	5000
 
+/*
+ * Read coalescing.  An upstream that writes every answer (over HTTP/2,
+ * every frame) in a segment of its own wakes the loop once per segment,
+ * and each wake-up costs more than the answer it brings.  While many
+ * queries are in flight more answers are due at once: the socket then
+ * wakes us only for COALESCE_BYTES, and a tick reads what came short of
+ * it, so an answer waits at most about a millisecond longer.
+ */
+#define COALESCE_INFLIGHT	32
+#define COALESCE_BYTES		1024
+#define COALESCE_TICK_US	500
+
 static void	conn_timo_cb(evutil_socket_t, short, void *);
 static void	conn_read_cb(struct bufferevent *, void *);
+static void	conn_tick_cb(evutil_socket_t, short, void *);
 
 void
 conn_timer(struct conn *c, long ms)
@@ -63,6 +77,11 @@ conn_start(struct conn *c, const struct transport_ops *ops,
 	c->addr_idx = up->next_addr % (unsigned)up->conf->naddrs;
 	if ((c->timer = evtimer_new(base, conn_timo_cb, c)) == NULL)
 		return -1;
+	if ((c->tick = event_new(base, -1, EV_PERSIST, conn_tick_cb,
+	    c)) == NULL) {
+		event_free(c->timer);
+		return -1;
+	}
 	upstream_conn_add(c);
 	if (connect_one(c, io) != 0)
 		conn_timer(c, 0);
@@ -146,6 +165,27 @@ conn_ready(struct conn *c, enum conn_outcome *outcome)
 	return true;
 }
 
+/* Coalesce reads while many answers are due, not otherwise. */
+static void
+coalesce(struct conn *c)
+{
+	static const struct timeval tick = { 0, COALESCE_TICK_US };
+	bool want = c->state == CONN_READY &&
+	    c->io->inflight(c) >= COALESCE_INFLIGHT;
+	int lowat = want ? COALESCE_BYTES : 1;
+
+	if (want == c->coalescing)
+		return;
+	if (setsockopt(bufferevent_getfd(c->bev), SOL_SOCKET, SO_RCVLOWAT,
+	    &lowat, sizeof(lowat)) != 0)
+		return;
+	c->coalescing = want;
+	if (want)
+		event_add(c->tick, &tick);
+	else
+		event_del(c->tick);
+}
+
 /* The transport's reader, then again for what read-ahead holds. */
 static void
 conn_read_cb(struct bufferevent *bev, void *arg)
@@ -155,6 +195,24 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 	do
 		c->io->read(bev, c);
 	while (c->bev == bev && c->state != CONN_CLOSED && tls_drain(bev));
+	if (c->bev == bev && c->state == CONN_READY)
+		coalesce(c);
+}
+
+/* Read what is there, short of the low-water mark or not. */
+static void
+conn_tick_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)ev;
+	if (c->state != CONN_READY) {
+		event_del(c->tick);
+		return;
+	}
+	event_base_active_by_fd(c->base, bufferevent_getfd(c->bev), EV_READ);
+	coalesce(c);
 }
 
 void
@@ -213,6 +271,7 @@ free_cb(evutil_socket_t fd, short ev, void *arg)
 	(void)ev;
 	tls_gate_clear(&c->gate);
 	event_free(c->timer);
+	event_free(c->tick);
 	c->free_fn(c);
 }
 
@@ -223,6 +282,7 @@ conn_stop(struct conn *c, void (*free_fn)(struct conn *))
 
 	c->state = CONN_CLOSED;
 	evtimer_del(c->timer);
+	event_del(c->tick);
 	if (c->bev != NULL) {
 		bufferevent_free(c->bev);
 		c->bev = NULL;

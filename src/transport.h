@@ -68,6 +68,8 @@ struct conn {
 	struct bufferevent	*bev;
 	struct tls_gate		 gate;
 	struct event		*timer;	/* connect timeout, then the transport's */
+	struct event		*tick;	/* reads what coalescing held back */
+	bool			 coalescing;	/* SO_RCVLOWAT raised */
 	unsigned		 addr_idx;
 	unsigned		 addrs_left;
 	char			 addrstr[64];
@@ -93,6 +95,8 @@ struct conn_io {
 	void			(*fail)(struct conn *, enum conn_outcome);
 	/* Any query attached? */
 	bool			(*busy)(const struct conn *);
+	/* How many queries were written and await their answer? */
+	size_t			(*inflight)(const struct conn *);
 	/* The timer fired while READY (idle, liveness). */
 	void			(*idle)(struct conn *);
 };

@@ -131,6 +131,27 @@ class Reverse(hostile.Script):
         conn.send(*replies)
 
 
+class Trickle(hostile.Script):
+    """Hold queries until `n` have arrived, then answer `slow` of them one
+    at a time, `gap` seconds apart, and the rest at once; `sent` maps each
+    name to when its answer left."""
+
+    def __init__(self, n, slow, gap):
+        self.n, self.slow, self.gap = n, slow, gap
+        self.sent = {}
+
+    def on_query(self, conn, query):
+        pending = conn.state.setdefault("pending", [])
+        pending.append(query)
+        if len(pending) < self.n:
+            return
+        for i, q in enumerate(conn.state.pop("pending")):
+            if 0 < i <= self.slow:
+                time.sleep(self.gap)
+            conn.send(hostile.correct(q))
+            self.sent[q.question[0].name.to_text()] = time.monotonic()
+
+
 def _ok(port, name, rdtype="A", tcp=False, timeout=clients.CLIENT_TIMEOUT):
     q, r = clients.ask(port, name, rdtype, tcp=tcp, timeout=timeout)
     assert r.id == q.id
@@ -236,3 +257,33 @@ def test_hangup_once_is_retried_on_the_same_upstream(hostile, upstream, stubborn
     assert _ok(s.port, "once.hostile.test", timeout=6.0) == ["192.0.2.77"]
     assert [q[0] for q in h.queries()] == [1, 2]
     assert s.alive()
+
+
+def test_answers_trickling_in_under_load_are_not_held_back(hostile, stubborn):
+    # With many queries in flight stubborn wakes for a batch of answers,
+    # not for each (see "Performance" in README.md); an answer that arrives
+    # alone must still be handed on at once, not wait for the next one.
+    n, slow, gap = 40, 10, 0.12     # the trickle ends before the 1.5 s attempt timeout
+    script = Trickle(n, slow, gap)
+    h = hostile(script)
+    s = stubborn([h.spec()])
+    names = [f"t{i}.hostile.test" for i in range(n)]
+    start = threading.Barrier(n)
+
+    def one(name):
+        q = clients.make_query(name, "A")
+        start.wait(timeout=10)
+        r = dns.query.udp(q, "127.0.0.1", port=s.port, timeout=clients.CLIENT_TIMEOUT)
+        return name, r, time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(one, names))
+    late = []
+    for name, r, at in results:
+        assert r.rcode() == dns.rcode.NOERROR, (name, clients.rcode_text(r))
+        assert clients.answer_strings(r, "A") == ["192.0.2.77"], name
+        delay = at - script.sent[f"{name}."]
+        if delay > gap / 2:
+            late.append((name, round(delay, 3)))
+    assert not late, f"answers held back until the next one came: {late}"
+    assert h.connections == 1 and len(h.queries()) == n

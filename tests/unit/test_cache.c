@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "stubborn/cache.h"
@@ -240,6 +241,51 @@ lru_bound(void **state)
 	cache_free(c);
 }
 
+/*
+ * 60 entries in 64 buckets share chains: entries leave from the head,
+ * middle and tail of their chains, by eviction, by replacement and by
+ * expiry, and every one left is still found.
+ */
+static void
+shared_chains(void **state)
+{
+	enum { N = 200, SIZE = 60 };
+	struct cache *c = cache_new(SIZE, 86400, 0);
+	static uint8_t q[N][300];
+	uint8_t a[512], out[512];
+	struct cache_key k[N];
+	size_t ql[N];
+	char name[32];
+	int i, j;
+
+	(void)state;
+	for (i = 0; i < N; i++) {
+		snprintf(name, sizeof(name), "n%d.chain.test", i);
+		ql[i] = query(name, q[i]);
+		cache_key_make(q[i], ql[i], false, &k[i]);
+	}
+	for (i = 0; i < N; i++) {
+		/* Every third name a second time: replaced in place. */
+		for (j = 0; j < (i % 3 == 0 ? 2 : 1); j++)
+			assert_true(cache_store(c, &k[i], a,
+			    answer(q[i], ql[i], 0, 60, 0, a), T0));
+		assert_true(cache_count(c) <= SIZE);
+	}
+	assert_int_equal(cache_count(c), SIZE);
+	for (i = 0; i < N; i++)
+		assert_int_equal(cache_lookup(c, &k[i], T0, false, out,
+		    sizeof(out)) > 0, i >= N - SIZE);
+	/* Expired: dropped by the lookup, the rest of its chain intact. */
+	for (i = N - SIZE; i < N; i += 2)
+		assert_int_equal(cache_lookup(c, &k[i], T0 + 61000, false, out,
+		    sizeof(out)), 0);
+	assert_int_equal(cache_count(c), SIZE / 2);
+	for (i = N - SIZE + 1; i < N; i += 2)
+		assert_true(cache_lookup(c, &k[i], T0, false, out,
+		    sizeof(out)) > 0);
+	cache_free(c);
+}
+
 static void
 serve_stale(void **state)
 {
@@ -329,6 +375,7 @@ main(void)
 		cmocka_unit_test(max_ttl_clamps),
 		cmocka_unit_test(negative_answers),
 		cmocka_unit_test(lru_bound),
+		cmocka_unit_test(shared_chains),
 		cmocka_unit_test(serve_stale),
 		cmocka_unit_test(padding_and_opt),
 	};
