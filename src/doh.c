@@ -493,6 +493,11 @@ start_h2(struct conn *c)
 	const nghttp2_settings_entry settings[] = {
 		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100 },
+		/*
+		 * RFC 9218: no priority tree.  DNS streams are all alike, and
+		 * nghttp2 then keeps no closed streams for the tree either.
+		 */
+		{ NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
 	};
 	struct txq *q;
 
