@@ -167,6 +167,139 @@ tls_store_load(X509_STORE *store, const char *ca_file)
 	return any ? 0 : -1;
 }
 
+/*
+ * The connections' socket BIO, with a receive buffer of its own.  One
+ * recv takes whatever the socket holds, many records at once; OpenSSL
+ * then reads each record's header and body from memory.  (OpenSSL's
+ * read-ahead would do the first, but moves all it holds to the front of
+ * its buffer for every record: with small records, most of the work.)
+ * tls_drain hands on what the buffer holds, which no socket event will.
+ */
+struct sockbuf {
+	int		fd;
+	bool		eof;	/* as the socket BIO: OpenSSL asks */
+	size_t		off;
+	size_t		len;
+	uint8_t		buf[16384];
+};
+
+static int
+sockbuf_create(BIO *b)
+{
+	struct sockbuf *sb = malloc(sizeof(*sb));
+
+	if (sb == NULL)
+		return 0;
+	sb->fd = -1;
+	sb->eof = false;
+	sb->off = sb->len = 0;
+	BIO_set_data(b, sb);
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static int
+sockbuf_destroy(BIO *b)
+{
+	free(BIO_get_data(b));	/* the fd is the bufferevent's to close */
+	BIO_set_data(b, NULL);
+	return 1;
+}
+
+static int
+sockbuf_read(BIO *b, char *out, int outl)
+{
+	struct sockbuf *sb = BIO_get_data(b);
+	size_t n;
+
+	BIO_clear_retry_flags(b);
+	if (outl <= 0)
+		return 0;
+	if (sb->off == sb->len) {
+		ssize_t r = recv(sb->fd, sb->buf, sizeof(sb->buf), 0);
+
+		if (r <= 0) {
+			if (r == 0)
+				sb->eof = true;
+			else if (errno == EAGAIN || errno == EWOULDBLOCK ||
+			    errno == EINTR)
+				BIO_set_retry_read(b);
+			return (int)r;
+		}
+		sb->off = 0;
+		sb->len = (size_t)r;
+	}
+	n = sb->len - sb->off;
+	if (n > (size_t)outl)
+		n = (size_t)outl;
+	memcpy(out, sb->buf + sb->off, n);
+	sb->off += n;
+	return (int)n;
+}
+
+static int
+sockbuf_write(BIO *b, const char *in, int inl)
+{
+	struct sockbuf *sb = BIO_get_data(b);
+	ssize_t r;
+
+	BIO_clear_retry_flags(b);
+	if ((r = send(sb->fd, in, (size_t)inl, MSG_NOSIGNAL)) < 0 &&
+	    (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		BIO_set_retry_write(b);
+	return (int)r;
+}
+
+static long
+sockbuf_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	struct sockbuf *sb = BIO_get_data(b);
+
+	(void)num;
+	switch (cmd) {
+	case BIO_C_GET_FD:
+		if (ptr != NULL)
+			*(int *)ptr = sb->fd;
+		return sb->fd;
+	case BIO_CTRL_PENDING:
+		return (long)(sb->len - sb->off);
+	case BIO_CTRL_EOF:
+		return sb->eof;
+	case BIO_CTRL_FLUSH:
+	case BIO_CTRL_GET_CLOSE:
+	case BIO_CTRL_SET_CLOSE:
+		return 1;	/* never closes the fd: see sockbuf_destroy */
+	default:
+		return 0;
+	}
+}
+
+static BIO *
+sockbuf_new(int fd)
+{
+	static BIO_METHOD *meth;
+	BIO *b;
+
+	if (meth == NULL) {
+		if ((meth = BIO_meth_new(BIO_get_new_index() |
+		    BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+		    "stubborn socket")) == NULL ||
+		    !BIO_meth_set_create(meth, sockbuf_create) ||
+		    !BIO_meth_set_destroy(meth, sockbuf_destroy) ||
+		    !BIO_meth_set_read(meth, sockbuf_read) ||
+		    !BIO_meth_set_write(meth, sockbuf_write) ||
+		    !BIO_meth_set_ctrl(meth, sockbuf_ctrl)) {
+			BIO_meth_free(meth);
+			meth = NULL;
+			return NULL;
+		}
+	}
+	if ((b = BIO_new(meth)) == NULL)
+		return NULL;
+	((struct sockbuf *)BIO_get_data(b))->fd = fd;
+	return b;
+}
+
 struct bufferevent *
 tls_connect(struct event_base *base, SSL_CTX *ctx,
     const struct upstream_conf *uc, const struct addr *a,
@@ -176,6 +309,7 @@ tls_connect(struct event_base *base, SSL_CTX *ctx,
 	struct bufferevent *bev;
 	int one = 1, fd;
 	SSL *ssl;
+	BIO *bio = NULL;
 
 	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
 	    SOCK_CLOEXEC, 0);
@@ -207,6 +341,16 @@ tls_connect(struct event_base *base, SSL_CTX *ctx,
 		bufferevent_free(bev);
 		return NULL;
 	}
+	/*
+	 * Connecting gave the SSL a plain socket BIO (not owning the fd);
+	 * ours replaces it before the handshake's first byte.
+	 */
+	if ((bio = sockbuf_new(fd)) == NULL) {
+		snprintf(why, whysz, "out of memory");
+		bufferevent_free(bev);
+		return NULL;
+	}
+	SSL_set_bio(ssl, bio, bio);
 	return bev;
 }
 
@@ -218,27 +362,45 @@ tls_drain(struct bufferevent *bev)
 {
 	SSL *ssl = bufferevent_openssl_get_ssl(bev);
 	struct evbuffer *in = bufferevent_get_input(bev);
-	struct evbuffer_iovec v;
-	size_t moved = 0;
+	/*
+	 * Records are gathered here and added at once: reserving a record's
+	 * worth in the evbuffer for each would allocate a chain per record.
+	 */
+	uint8_t buf[16384];
+	size_t used = 0, moved = 0;
+	bool again = false;
 	int n;
 
-	while (SSL_has_pending(ssl)) {
-		if (moved >= DRAIN_MAX ||
-		    evbuffer_reserve_space(in, 16384, &v, 1) < 1)
-			goto later;
-		ERR_clear_error();
-		if ((n = SSL_read(ssl, v.iov_base, (int)v.iov_len)) <= 0) {
-			/* EOF, an alert or a write wanted: libevent's to see. */
-			if (SSL_get_error(ssl, n) != SSL_ERROR_WANT_READ)
-				goto later;
+	ERR_clear_error();	/* once: it costs as much as a small record */
+	while (SSL_has_pending(ssl) || BIO_pending(SSL_get_rbio(ssl)) > 0) {
+		if (moved + used >= DRAIN_MAX) {
+			again = true;
 			break;
 		}
-		v.iov_len = (size_t)n;
-		evbuffer_commit_space(in, &v, 1);
-		moved += (size_t)n;
+		if (sizeof(buf) - used < 2048) {
+			if (evbuffer_add(in, buf, used) != 0)
+				goto lost;
+			moved += used;
+			used = 0;
+		}
+		if ((n = SSL_read(ssl, buf + used, (int)(sizeof(buf) -
+		    used))) <= 0) {
+			/* EOF, an alert or a write wanted: libevent's to see. */
+			again = SSL_get_error(ssl, n) != SSL_ERROR_WANT_READ;
+			break;
+		}
+		used += (size_t)n;
 	}
-	return moved > 0;
-later:
+	if (used > 0 && evbuffer_add(in, buf, used) != 0)
+		goto lost;
+	if (again)
+		event_base_active_by_fd(bufferevent_get_base(bev),
+		    bufferevent_getfd(bev), EV_READ);
+	return moved + used > 0;
+lost:
+	/* Out of memory: the stream has a hole, so the connection must end. */
+	log_warnx("TLS read: out of memory");
+	shutdown(bufferevent_getfd(bev), SHUT_RDWR);
 	event_base_active_by_fd(bufferevent_get_base(bev),
 	    bufferevent_getfd(bev), EV_READ);
 	return moved > 0;
@@ -321,11 +483,11 @@ tls_ctx_new(const char *ca_file)
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	/*
-	 * One recv for many records instead of two for each (header, then
-	 * body); tls_drain hands on what it buffers.  The buffers stay: a
-	 * busy conn would otherwise free and allocate them per record.
+	 * Not SSL_MODE_RELEASE_BUFFERS: a busy connection would free and
+	 * allocate its buffers for every record.  No read-ahead: the
+	 * connections' BIO buffers (sockbuf_new), and the blocking client
+	 * needs none.
 	 */
-	SSL_CTX_set_read_ahead(ctx, 1);
 	if (ca_file == NULL) {
 		if (system_store == NULL && tls_system_store_reload() != 0) {
 			log_warnx("cannot load the system trust store");

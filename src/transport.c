@@ -186,7 +186,7 @@ coalesce(struct conn *c)
 		event_del(c->tick);
 }
 
-/* The transport's reader, then again for what read-ahead holds. */
+/* The transport's reader, then again for records already received. */
 static void
 conn_read_cb(struct bufferevent *bev, void *arg)
 {

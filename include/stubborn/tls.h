@@ -82,11 +82,11 @@ struct bufferevent *tls_connect(struct event_base *base, SSL_CTX *ctx,
 	    unsigned alpn_len, char *why, size_t whysz);
 
 /*
- * libevent's TLS bufferevent stops reading when the last record it
- * decrypted is used up, and the socket stays quiet for records that
- * read-ahead already pulled in.  This moves those into bev's input
- * (or, past a bound or on an error, has the read event run again).
- * Returns true when it added data.
+ * libevent's TLS bufferevent stops reading after a record or two, and
+ * the socket stays quiet for records that the connection's BIO (one recv
+ * takes many) already holds.  This moves those into bev's input (or,
+ * past a bound or on an error, has the read event run again).  Returns
+ * true when it added data.
  */
 bool	tls_drain(struct bufferevent *bev);
 
