@@ -525,12 +525,14 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	size_t len;
 
-	dc->in_h2 = true;
 	while (dc->c.state == CONN_READY && !dc->broken &&
 	    (len = evbuffer_get_contiguous_space(in)) > 0) {
-		ssize_t n = nghttp2_session_mem_recv(dc->h2,
-		    evbuffer_pullup(in, (ssize_t)len), len);
+		ssize_t n;
 
+		dc->in_h2 = true;
+		n = nghttp2_session_mem_recv(dc->h2,
+		    evbuffer_pullup(in, (ssize_t)len), len);
+		dc->in_h2 = false;
 		if (n < 0) {
 			snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2: %s",
 			    nghttp2_strerror((int)n));
@@ -538,9 +540,13 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 			break;
 		}
 		evbuffer_drain(in, len);
+		/*
+		 * Chunk by chunk, WINDOW_UPDATE and RST_STREAM leave before
+		 * the next is read: a long input is not judged against a
+		 * window that the frames still unsent would have opened.
+		 */
+		flush(dc);
 	}
-	dc->in_h2 = false;
-	flush(dc);
 	settle(dc);
 }
 
