@@ -29,7 +29,7 @@
  */
 #define COALESCE_INFLIGHT	32
 #define COALESCE_BYTES		1024
-#define COALESCE_TICK_US	500
+#define COALESCE_TICK_US	1000	/* the epoll backend counts in ms anyway */
 
 static void	conn_timo_cb(evutil_socket_t, short, void *);
 static void	conn_read_cb(struct bufferevent *, void *);
