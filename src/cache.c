@@ -6,6 +6,7 @@
 
 #include "stubborn/cache.h"
 #include "stubborn/dnsmsg.h"
+#include "stubborn/mpool.h"
 
 #define TYPE_SOA	6
 #define TYPE_OPT	41
@@ -156,7 +157,7 @@ entry_drop(struct cache *c, struct entry *e)
 		e->hnext->hprev = e->hprev;
 	TAILQ_REMOVE(&c->lru, e, lru);
 	c->count--;
-	free(e);
+	mpool_free(e);
 }
 
 void
@@ -272,7 +273,8 @@ cache_store(struct cache *c, const struct cache_key *k,
 		entry_drop(c, e);
 	while (c->count >= c->max)
 		entry_drop(c, TAILQ_LAST(&c->lru, entry_lru_head));
-	e = malloc(sizeof(*e) + noff * sizeof(uint16_t) + k->namelen + len);
+	e = mpool_alloc(sizeof(*e) + noff * sizeof(uint16_t) + k->namelen +
+	    len);
 	if (e == NULL)
 		return false;
 	e->hash = k->hash;

@@ -19,6 +19,7 @@
 
 #include "stubborn/dnsmsg.h"
 #include "stubborn/log.h"
+#include "stubborn/mpool.h"
 #include "stubborn/tls.h"
 #include "stubborn/upstream.h"
 #include "transport.h"
@@ -44,6 +45,7 @@ struct doh_stream {
 	int			 status;
 	bool			 ctype_ok;
 	bool			 too_big;
+	char			 clen[8];	/* content-length, unterminated */
 	uint8_t			*body;	/* inline, or grown on the heap */
 	size_t			 len;
 	size_t			 cap;
@@ -74,7 +76,7 @@ stream_free(struct doh_stream *st)
 {
 	if (st->body != st->inline_body)
 		free(st->body);
-	free(st);
+	mpool_free(st);
 }
 
 static void
@@ -366,6 +368,39 @@ callbacks(void)
 	return cbs;
 }
 
+/* nghttp2's streams, frames and header buffers come from the pool. */
+static void *
+h2_malloc(size_t n, void *arg)
+{
+	(void)arg;
+	return mpool_alloc(n);
+}
+
+static void
+h2_free(void *p, void *arg)
+{
+	(void)arg;
+	mpool_free(p);
+}
+
+static void *
+h2_calloc(size_t nmemb, size_t n, void *arg)
+{
+	(void)arg;
+	return mpool_calloc(nmemb, n);
+}
+
+static void *
+h2_realloc(void *p, size_t n, void *arg)
+{
+	(void)arg;
+	return mpool_realloc(p, n);
+}
+
+static nghttp2_mem h2_mem = {
+	NULL, h2_malloc, h2_free, h2_calloc, h2_realloc
+};
+
 /* v (under 10^7) in decimal, unterminated; snprintf costs more per query. */
 static size_t
 decimal(char *buf, size_t v)
@@ -386,11 +421,16 @@ static void
 submit(struct doh_conn *dc, struct txq *q)
 {
 	const struct upstream_conf *uc = dc->c.up->conf;
-	struct doh_stream *st = malloc(sizeof(*st) + q->len);
-	char clen[8] = "";
+	struct doh_stream *st = mpool_alloc(sizeof(*st) + q->len);
 	nghttp2_data_provider body;
+	/*
+	 * nghttp2 keeps these pointers until the HEADERS frame is sent, which
+	 * may wait for a stream slot: every value lives as long as the stream
+	 * (content-length is in it) or the connection, so none is copied.
+	 */
 #define NV(n, v)	{ (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
-			  strlen(v), NGHTTP2_NV_FLAG_NONE }
+			  strlen(v), NGHTTP2_NV_FLAG_NO_COPY_NAME | \
+			  NGHTTP2_NV_FLAG_NO_COPY_VALUE }
 	nghttp2_nv hdrs[] = {
 		NV(":method", "POST"),
 		NV(":scheme", "https"),
@@ -398,7 +438,7 @@ submit(struct doh_conn *dc, struct txq *q)
 		NV(":path", uc->path),
 		NV("content-type", DNS_MESSAGE),
 		NV("accept", DNS_MESSAGE),
-		NV("content-length", clen),
+		NV("content-length", ""),
 	};
 #undef NV
 
@@ -410,7 +450,8 @@ submit(struct doh_conn *dc, struct txq *q)
 	memset(st, 0, offsetof(struct doh_stream, inline_body));
 	st->body = st->inline_body;
 	st->cap = sizeof(st->inline_body);
-	hdrs[6].valuelen = decimal(clen, q->len);
+	hdrs[6].value = (uint8_t *)st->clen;
+	hdrs[6].valuelen = decimal(st->clen, q->len);
 	memcpy(st->req, q->msg, q->len);
 	/* RFC 8484 4.1: ID 0, so identical queries are cacheable. */
 	dnsmsg_set_id(st->req, 0);
@@ -501,7 +542,8 @@ start_h2(struct conn *c)
 	};
 	struct txq *q;
 
-	if (nghttp2_session_client_new(&dc->h2, callbacks(), dc) != 0 ||
+	if (nghttp2_session_client_new3(&dc->h2, callbacks(), dc, NULL,
+	    &h2_mem) != 0 ||
 	    nghttp2_submit_settings(dc->h2, NGHTTP2_FLAG_NONE, settings,
 	    sizeof(settings) / sizeof(settings[0])) != 0) {
 		snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2 setup failed");

@@ -26,6 +26,7 @@
 #include "stubborn/listener.h"
 #include "stubborn/log.h"
 #include "stubborn/metrics.h"
+#include "stubborn/mpool.h"
 #include "stubborn/resolver.h"
 #include "stubborn/sandbox.h"
 #include "stubborn/tls.h"
@@ -1060,6 +1061,8 @@ main(int argc, char **argv)
 	const char *self = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 :
 	    argv[0];
 
+	/* Before OpenSSL allocates; if it had, it just keeps using malloc. */
+	(void)mpool_openssl();
 	log_init(LOG_TO_STDERR, LOG_INFO);
 	/* certspotter runs a -script without arguments: this name is ct-hook. */
 	if (strcmp(self, "stubborn-ct-hook") == 0)
