@@ -39,6 +39,8 @@ mpool_alloc(size_t n)
 void *
 mpool_calloc(size_t nmemb, size_t size)
 {
+	if (size != 0 && nmemb > SIZE_MAX / size)
+		return NULL;	/* as below; ASan would abort */
 	return calloc(nmemb ? nmemb : 1, size ? size : 1);
 }
 

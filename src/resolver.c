@@ -12,6 +12,7 @@
 #include "stubborn/dnsmsg.h"
 #include "stubborn/log.h"
 #include "stubborn/metrics.h"
+#include "stubborn/mpool.h"
 #include "stubborn/resolver.h"
 #include "stubborn/upstream.h"
 #include "transport.h"
@@ -28,17 +29,13 @@
 #define SHED_LOG_EVERY_MS	10000
 
 /*
- * Freed queries kept for reuse: no malloc per query.  None under ASan,
- * which must see every free to catch a use after it.
+ * Freed queries kept for reuse: no malloc per query (they are larger than
+ * the pool's blocks).  None under ASan, which must see every free to catch
+ * a use after it.
  */
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef MPOOL_PASSTHROUGH
 #define FREE_QUERIES_MAX	0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FREE_QUERIES_MAX	0
-#endif
-#endif
-#ifndef FREE_QUERIES_MAX
+#else
 #define FREE_QUERIES_MAX	1024
 #endif
 
@@ -128,7 +125,7 @@ query_free(struct query *q)
 		TAILQ_REMOVE(&q->waiters, w, entry);
 		listener_client_release(&w->client);
 		if (w != &q->first)
-			free(w);
+			mpool_free(w);
 	}
 	if (r->nfree < FREE_QUERIES_MAX) {
 		q->hnext = r->free;
@@ -378,7 +375,7 @@ add_waiter(struct query *q, const struct client *client,
 		return false;
 	if (TAILQ_EMPTY(&q->waiters))
 		w = &q->first;
-	else if ((w = malloc(sizeof(*w))) == NULL)
+	else if ((w = mpool_alloc(sizeof(*w))) == NULL)
 		return false;
 	listener_client_copy(&w->client, client);
 	w->info = *info;
