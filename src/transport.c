@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <event2/bufferevent.h>
 #include <openssl/err.h>
@@ -186,6 +188,22 @@ coalesce(struct conn *c)
 		event_del(c->tick);
 }
 
+/*
+ * ACK what came, now.  Linux delays an ACK hoping to send it with the next
+ * query; an upstream that leaves Nagle's algorithm on (unbound's DoT does)
+ * then holds its next small answer until that ACK: up to 40 ms, at a few
+ * thousand queries a second.  While reads coalesce, queries leave often
+ * enough to carry the ACKs, and an ACK per segment would cost more.
+ */
+static void
+quickack(struct conn *c)
+{
+	int one = 1;
+
+	setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_QUICKACK, &one,
+	    sizeof(one));
+}
+
 /* The transport's reader, then again for records already received. */
 static void
 conn_read_cb(struct bufferevent *bev, void *arg)
@@ -195,8 +213,11 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 	do
 		c->io->read(bev, c);
 	while (c->bev == bev && c->state != CONN_CLOSED && tls_drain(bev));
-	if (c->bev == bev && c->state == CONN_READY)
+	if (c->bev == bev && c->state == CONN_READY) {
 		coalesce(c);
+		if (!c->coalescing)
+			quickack(c);
+	}
 }
 
 /* Read what is there, short of the low-water mark or not. */
