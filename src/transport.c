@@ -192,8 +192,9 @@ coalesce(struct conn *c)
  * ACK what came, now.  Linux delays an ACK hoping to send it with the next
  * query; an upstream that leaves Nagle's algorithm on (unbound's DoT does)
  * then holds its next small answer until that ACK: up to 40 ms, at a few
- * thousand queries a second.  While reads coalesce, queries leave often
- * enough to carry the ACKs, and an ACK per segment would cost more.
+ * thousand queries a second.  Only answers still due can be held that way;
+ * and while reads coalesce, queries leave often enough to carry the ACKs,
+ * where an ACK per segment would cost more.
  */
 static void
 quickack(struct conn *c)
@@ -215,7 +216,7 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 	while (c->bev == bev && c->state != CONN_CLOSED && tls_drain(bev));
 	if (c->bev == bev && c->state == CONN_READY) {
 		coalesce(c);
-		if (!c->coalescing)
+		if (!c->coalescing && c->io->inflight(c) > 0)
 			quickack(c);
 	}
 }
