@@ -41,7 +41,9 @@ mpool_calloc(size_t nmemb, size_t size)
 {
 	if (size != 0 && nmemb > SIZE_MAX / size)
 		return NULL;	/* as below; ASan would abort */
-	return calloc(nmemb ? nmemb : 1, size ? size : 1);
+	if (nmemb == 0 || size == 0)
+		nmemb = size = 1;
+	return calloc(nmemb, size);
 }
 
 void *
