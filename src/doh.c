@@ -1,8 +1,8 @@
 /*
  * DNS over HTTPS (RFC 8484) over HTTP/2 with nghttp2: one connection per
  * upstream, one stream per query (POST application/dns-message, message
- * ID 0), as many streams at once as the server allows; nghttp2 holds back
- * the rest until a stream closes.
+ * ID 0), as many streams at once as the server allows; the rest wait in
+ * the connection's queue until a stream closes.
  */
 #include "config.h"
 
@@ -14,6 +14,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
 
@@ -29,6 +30,12 @@
 #define BODY_MAX		DNSMSG_MAX_LEN
 #define DNS_MESSAGE		"application/dns-message"
 #define BODY_INLINE		512	/* most answers fit: no allocation */
+/*
+ * Streams in flight on one connection, whatever the server allows:
+ * knot-resolver offers 65535 but stops reading past its pipeline limit
+ * (100 queries) and may not resume on what it already holds.
+ */
+#define STREAMS_MAX		100
 
 static const unsigned char alpn_h2[] = { 2, 'h', '2' };
 
@@ -57,7 +64,8 @@ TAILQ_HEAD(doh_stream_list, doh_stream);
 struct doh_conn {
 	struct conn		 c;	/* first: the pool sees a struct conn */
 	nghttp2_session		*h2;
-	struct txq_list		 waiting;	/* until the gate passed */
+	struct txq_list		 waiting;	/* for the gate, or a stream:
+						   see can_open */
 	struct doh_stream_list	 streams;
 	size_t			 nstreams;
 	unsigned		 idle_pings;
@@ -67,6 +75,9 @@ struct doh_conn {
 	bool			 draining;	/* GOAWAY: no new streams */
 	bool			 broken;	/* fail once the callback returns */
 	char			 authority[280];
+	struct event		*push_ev;	/* sends obuf at the end of the pass */
+	size_t			 olen;
+	uint8_t			 obuf[16384];	/* whole frames: one TLS record */
 };
 
 static void	doh_read_cb(struct bufferevent *, void *);
@@ -82,6 +93,7 @@ stream_free(struct doh_stream *st)
 static void
 doh_free(struct conn *c)
 {
+	event_free(((struct doh_conn *)c)->push_ev);
 	free(c);
 }
 
@@ -109,6 +121,8 @@ teardown(struct doh_conn *dc, struct txq_list *orphans)
 	}
 	nghttp2_session_del(dc->h2);
 	dc->h2 = NULL;
+	event_del(dc->push_ev);
+	dc->olen = 0;
 	conn_stop(&dc->c, doh_free);
 }
 
@@ -123,50 +137,99 @@ doh_fail(struct doh_conn *dc, enum conn_outcome outcome)
 	conn_report(&dc->c, outcome, &orphans);
 }
 
+static void
+free_ref(const void *data, size_t len, void *arg)
+{
+	(void)len;
+	(void)arg;
+	free((void *)data);
+}
+
 /*
- * Hand nghttp2's pending frames to the TLS layer, in one buffer.  Frames
- * submitted from nghttp2's callbacks (a refused query sent again from
- * on_stream_close_cb, which mem_send calls too) go out with the rest.
+ * Hand bytes to TLS in one SSL_write, so in one record when they fit one:
+ * straight to the socket, or, while earlier bytes still wait there, as a
+ * chain of their own in the bufferevent (libevent writes each chain with
+ * one SSL_write; bytes added by copy may be split across two chains).
+ * A bufferevent without TLS (the fuzzer's pair) takes them as they are.
+ */
+static void
+emit(struct doh_conn *dc, const uint8_t *data, size_t len)
+{
+	struct evbuffer *out = bufferevent_get_output(dc->c.bev);
+	SSL *ssl = bufferevent_openssl_get_ssl(dc->c.bev);
+	uint8_t *copy;
+	int n = 0, err;
+
+	if (ssl != NULL && evbuffer_get_length(out) == 0) {
+		ERR_clear_error();
+		if ((n = SSL_write(ssl, data, (int)len)) <= 0) {
+			err = SSL_get_error(ssl, n);
+			ERR_clear_error();
+			if (err != SSL_ERROR_WANT_WRITE &&
+			    err != SSL_ERROR_WANT_READ) {
+				snprintf(dc->c.why, sizeof(dc->c.why),
+				    "TLS write failed");
+				dc->broken = true;
+				return;
+			}
+			/* OpenSSL holds a part: libevent's retry sends it. */
+			n = 0;
+		}
+	}
+	if ((size_t)n == len)
+		return;
+	if ((copy = malloc(len - (size_t)n)) == NULL ||
+	    (memcpy(copy, data + n, len - (size_t)n),
+	    evbuffer_add_reference(out, copy, len - (size_t)n, free_ref,
+	    NULL) != 0)) {
+		free(copy);
+		snprintf(dc->c.why, sizeof(dc->c.why), "out of memory");
+		dc->broken = true;
+	}
+}
+
+/* Send what flush gathered. */
+static void
+push(struct doh_conn *dc)
+{
+	if (dc->olen > 0 && dc->c.state == CONN_READY && !dc->broken)
+		emit(dc, dc->obuf, dc->olen);
+	dc->olen = 0;
+}
+
+/*
+ * Gather nghttp2's pending frames; push sends them once this loop pass is
+ * done with its events, so the queries of a batch of datagrams leave in
+ * one record and one write.  Records hold whole frames: knot-resolver,
+ * for one, loses a request whose DATA frame arrives in two.
  */
 static void
 flush(struct doh_conn *dc)
 {
-	/*
-	 * Not static: mem_send may close a stream whose query fails over to
-	 * another connection and flushes that one from inside this loop.
-	 */
-	uint8_t out[16384];	/* one TLS record's worth */
 	const uint8_t *data;
-	size_t used = 0;
 	ssize_t n;
 
 	if (dc->in_h2 || dc->h2 == NULL)
 		return;		/* nghttp2 forbids sending from its callbacks */
-	/*
-	 * nghttp2 hands out a frame at a time; gathered, a query's HEADERS
-	 * and DATA leave in one TLS record and one write, not one each.
-	 */
 	dc->in_h2 = true;
 	while ((n = nghttp2_session_mem_send(dc->h2, &data)) > 0) {
-		if (used + (size_t)n > sizeof(out)) {
-			bufferevent_write(dc->c.bev, out, used);
-			used = 0;
-		}
-		if ((size_t)n > sizeof(out))
-			bufferevent_write(dc->c.bev, data, (size_t)n);
+		if (dc->olen + (size_t)n > sizeof(dc->obuf))
+			push(dc);
+		if ((size_t)n > sizeof(dc->obuf))
+			emit(dc, data, (size_t)n);	/* more than a record */
 		else {
-			memcpy(out + used, data, (size_t)n);
-			used += (size_t)n;
+			memcpy(dc->obuf + dc->olen, data, (size_t)n);
+			dc->olen += (size_t)n;
 		}
 	}
-	if (used > 0)
-		bufferevent_write(dc->c.bev, out, used);
 	dc->in_h2 = false;
 	if (n < 0) {
 		snprintf(dc->c.why, sizeof(dc->c.why), "HTTP/2: %s",
 		    nghttp2_strerror((int)n));
 		dc->broken = true;
 	}
+	if (dc->olen > 0)
+		event_active(dc->push_ev, EV_WRITE, 1);
 }
 
 /*
@@ -196,6 +259,17 @@ settle(struct doh_conn *dc)
 	}
 	if (dc->nstreams == 0 && !evtimer_pending(dc->c.timer, NULL))
 		conn_timer(&dc->c, PING_IDLE_MS);
+}
+
+static void
+push_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct doh_conn *dc = arg;
+
+	(void)fd;
+	(void)ev;
+	push(dc);
+	settle(dc);
 }
 
 static ssize_t
@@ -333,6 +407,7 @@ static int
 on_frame_recv_cb(nghttp2_session *h2, const nghttp2_frame *frame, void *arg)
 {
 	struct doh_conn *dc = arg;
+	struct txq *q;
 
 	(void)h2;
 	if (frame->hd.type == NGHTTP2_PING &&
@@ -344,6 +419,12 @@ on_frame_recv_cb(nghttp2_session *h2, const nghttp2_frame *frame, void *arg)
 		log_debug("upstream %s: GOAWAY, last stream %d",
 		    dc->c.up->conf->name, frame->goaway.last_stream_id);
 		upstream_conn_event(&dc->c, CONN_DRAINING, NULL);
+		/* Queries not yet on a stream go to the next connection. */
+		while ((q = TAILQ_FIRST(&dc->waiting)) != NULL) {
+			TAILQ_REMOVE(&dc->waiting, q, entry);
+			q->conn = NULL;
+			upstream_txq_failed(&dc->c, q, CONN_CLOSED_BUSY);
+		}
 	}
 	return 0;
 }
@@ -424,8 +505,8 @@ submit(struct doh_conn *dc, struct txq *q)
 	struct doh_stream *st = mpool_alloc(sizeof(*st) + q->len);
 	nghttp2_data_provider body;
 	/*
-	 * nghttp2 keeps these pointers until the HEADERS frame is sent, which
-	 * may wait for a stream slot: every value lives as long as the stream
+	 * nghttp2 keeps these pointers until the HEADERS frame is sent,
+	 * mostly at once: every value lives as long as the stream
 	 * (content-length is in it) or the connection, so none is copied.
 	 */
 #define NV(n, v)	{ (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, \
@@ -477,6 +558,43 @@ submit(struct doh_conn *dc, struct txq *q)
 	evtimer_del(dc->c.timer);
 }
 
+/*
+ * Whether q may have a stream now.  Some servers (knot-resolver) take one
+ * request at a time: a stream whose HEADERS come while another stream's
+ * body is still due is refused.  nghttp2 sends every pending HEADERS
+ * before any DATA, so a query is handed to it only once the one before has
+ * left whole, and only when it will not wait there for a stream slot or
+ * for the window its body needs.
+ */
+static bool
+can_open(struct doh_conn *dc, const struct txq *q)
+{
+	if (dc->nstreams == 0)
+		return true;	/* nothing else would open the way */
+	return dc->nstreams < STREAMS_MAX &&
+	    dc->nstreams < nghttp2_session_get_remote_settings(dc->h2,
+	    NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) &&
+	    nghttp2_session_get_remote_window_size(dc->h2) >= (int32_t)q->len;
+}
+
+/* Give waiting queries their streams, each sent whole, then flush. */
+static void
+kick(struct doh_conn *dc)
+{
+	struct txq *q;
+
+	if (dc->in_h2 || dc->h2 == NULL)
+		return;		/* its caller kicks once nghttp2 returned */
+	while (dc->c.state == CONN_READY && !dc->broken && !dc->draining &&
+	    (q = TAILQ_FIRST(&dc->waiting)) != NULL && can_open(dc, q)) {
+		TAILQ_REMOVE(&dc->waiting, q, entry);
+		q->conn = NULL;
+		submit(dc, q);
+		flush(dc);
+	}
+	flush(dc);
+}
+
 /* HTTP/1.1 would be a downgrade, not an alternative. */
 static bool
 speaks_h2(struct conn *c)
@@ -505,7 +623,9 @@ doh_conn_fail(struct conn *c, enum conn_outcome o)
 static bool
 doh_busy(const struct conn *c)
 {
-	return ((const struct doh_conn *)c)->nstreams > 0;
+	const struct doh_conn *dc = (const struct doh_conn *)c;
+
+	return dc->nstreams > 0 || !TAILQ_EMPTY(&dc->waiting);
 }
 
 static size_t
@@ -540,8 +660,6 @@ start_h2(struct conn *c)
 		 */
 		{ NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
 	};
-	struct txq *q;
-
 	if (nghttp2_session_client_new3(&dc->h2, callbacks(), dc, NULL,
 	    &h2_mem) != 0 ||
 	    nghttp2_submit_settings(dc->h2, NGHTTP2_FLAG_NONE, settings,
@@ -550,13 +668,7 @@ start_h2(struct conn *c)
 		doh_fail(dc, CONN_FAILED);
 		return;
 	}
-	while (dc->c.state == CONN_READY &&
-	    (q = TAILQ_FIRST(&dc->waiting)) != NULL) {
-		TAILQ_REMOVE(&dc->waiting, q, entry);
-		q->conn = NULL;
-		submit(dc, q);
-	}
-	flush(dc);
+	kick(dc);
 	settle(dc);
 }
 
@@ -586,8 +698,9 @@ doh_read_cb(struct bufferevent *bev, void *arg)
 		 * Chunk by chunk, WINDOW_UPDATE and RST_STREAM leave before
 		 * the next is read: a long input is not judged against a
 		 * window that the frames still unsent would have opened.
+		 * Streams that closed make room for waiting queries.
 		 */
-		flush(dc);
+		kick(dc);
 	}
 	settle(dc);
 }
@@ -599,7 +712,7 @@ doh_idle(struct conn *c)
 	struct doh_conn *dc = (struct doh_conn *)c;
 	struct txq_list none = TAILQ_HEAD_INITIALIZER(none);
 
-	if (dc->nstreams > 0)
+	if (doh_busy(c))
 		return;
 	if (dc->ping_out) {
 		snprintf(dc->c.why, sizeof(dc->c.why), "no answer to a PING");
@@ -612,6 +725,7 @@ doh_idle(struct conn *c)
 		    dc->c.up->conf->name);
 		nghttp2_session_terminate_session(dc->h2, NGHTTP2_NO_ERROR);
 		flush(dc);
+		push(dc);	/* the GOAWAY, before the socket closes */
 		teardown(dc, &none);
 		upstream_conn_event(&dc->c, CONN_CLOSED_IDLE, NULL);
 		return;
@@ -635,12 +749,18 @@ doh_open(struct upstream *up, struct event_base *base)
 	}
 	TAILQ_INIT(&dc->waiting);
 	TAILQ_INIT(&dc->streams);
+	if ((dc->push_ev = event_new(base, -1, 0, push_cb, dc)) == NULL) {
+		log_warn("%s", __func__);
+		free(dc);
+		return NULL;
+	}
 	if (uc->port == CONFIG_DOH_PORT)
 		snprintf(dc->authority, sizeof(dc->authority), "%s", uc->host);
 	else
 		snprintf(dc->authority, sizeof(dc->authority), "%s:%u",
 		    uc->host, uc->port);
 	if (conn_start(&dc->c, &doh_ops, up, base, &doh_io) != 0) {
+		event_free(dc->push_ev);
 		free(dc);
 		return NULL;
 	}
@@ -652,15 +772,13 @@ doh_send(struct conn *c, struct txq *q)
 {
 	struct doh_conn *dc = (struct doh_conn *)c;
 
-	if (c->state != CONN_READY) {
-		q->conn = c;
-		q->tdata = NULL;
-		TAILQ_INSERT_TAIL(&dc->waiting, q, entry);
-		return;
+	q->conn = c;
+	q->tdata = NULL;
+	TAILQ_INSERT_TAIL(&dc->waiting, q, entry);
+	if (c->state == CONN_READY) {
+		kick(dc);
+		settle(dc);
 	}
-	submit(dc, q);
-	flush(dc);
-	settle(dc);
 }
 
 static void
@@ -679,7 +797,7 @@ doh_cancel(struct conn *c, struct txq *q)
 	st->q = NULL;
 	nghttp2_submit_rst_stream(dc->h2, NGHTTP2_FLAG_NONE, st->id,
 	    NGHTTP2_CANCEL);
-	flush(dc);
+	kick(dc);
 }
 
 static void

@@ -1,5 +1,5 @@
-"""Fixtures: a session PKI, unbound DoT/DoH upstreams on 127.0.0.x, dnsdist
-and scripted hostile servers, and stubborn in front of them; Certificate
+"""Fixtures: a session PKI, unbound DoT/DoH upstreams on 127.0.0.x, dnsdist,
+knot-resolver and scripted hostile servers, and stubborn in front of them; Certificate
 Transparency logs of our own and certspotter watching them.  Every process is started here and stopped here by PID,
 whatever the test's outcome; when a test fails its processes' logs are
 attached to the report."""
@@ -204,6 +204,26 @@ def dnsdist(request, certs, tmp_path, addresses):
 
 
 @pytest.fixture
+def kresd(request, certs, tmp_path, addresses):
+    """Factory: kresd(name, backend) starts knot-resolver as a DoH server in
+    front of `backend`, an unbound serving plain DNS; its .spec() is the
+    DoH [upstream] section.  The binary is looked up only when called."""
+    started = []
+
+    def start(name, backend, cert="good"):
+        binary = _tool("kresd", "KRESD")
+        k = servers.Kresd(binary, name, addresses.take(), certs[cert], backend,
+                          tmp_path / f"kresd-{name}")
+        started.append(k)
+        _attach(request, f"kresd {name} {k.address}:{k.port}", k)
+        return k.start()
+
+    yield start
+    for k in reversed(started):
+        k.stop()
+
+
+@pytest.fixture
 def hostile_h2(request, certs, addresses):
     """Factory: hostile_h2(script, name="hostile", cert="good", alpn=("h2",),
     max_streams=None) starts a scripted DoH server (hostile_h2.HostileDoh);
@@ -232,7 +252,7 @@ def hostile_h2(request, certs, addresses):
 
 @pytest.fixture
 def stubborn(request, stubborn_bin, certs, tmp_path, ipv6, upstream, hostile,
-             dnsdist, hostile_h2):
+             dnsdist, kresd, hostile_h2):
     """Factory: stubborn(specs, verbose=False, **conf options) writes a conf,
     starts `stubborn run -c CONF -f` (with -v when verbose) and returns once
     it has logged 'ready'.  Teardown sends SIGTERM and requires exit status

@@ -1,5 +1,6 @@
 """The processes the suite runs: unbound as a DoT (or DoH, or plain DNS)
-upstream, dnsdist as a second DoH server, and stubborn itself, plus the zone
+upstream, dnsdist and knot-resolver as other DoH servers, and stubborn
+itself, plus the zone
 data the upstreams serve so tests can compute the answer they expect."""
 
 import json
@@ -415,6 +416,69 @@ class Dnsdist:
 
     def log_text(self):
         return _read(self.stdout) + "--- query log\n" + _read(self.querylog)
+
+
+class Kresd:
+    """knot-resolver as a third DoH server (kind doh2), in front of an unbound
+    over plain DNS as dnsdist is.  It is strict in ways the others are not:
+    it takes a connection's requests one at a time (a stream whose HEADERS
+    come while another's body is still due is refused), a POST body cut
+    across two TLS records is lost, and past its pipeline limit (100
+    queries) it stops reading."""
+
+    def __init__(self, binary, name, address, cert, backend, workdir):
+        self.binary = binary
+        self.name = name
+        self.address = address
+        self.cert = cert
+        self.backend = backend
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "kresd.conf"
+        self.rundir = self.dir / "run"
+        self.stdout = self.dir / "kresd.stdout"
+        self.port = free_port([address])
+        self.proc = None
+
+    def spec(self, pins=(), path="/dns-query"):
+        return UpstreamSpec(self.name, self.address, self.port, pki.HOSTNAME,
+                            tuple(pins), scheme="https", path=path)
+
+    def _config(self):
+        backend = f"{self.backend.address}@{self.backend.ports['plain']}"
+        return "\n".join([
+            f"net.listen('{self.address}', {self.port}, {{ kind = 'doh2' }})",
+            f"net.tls('{self.cert.chain_pem}', '{self.cert.key_pem}')",
+            # Nothing may leave the machine: no root priming, no trust
+            # anchor, and every name but the test zone's refused.
+            "modules.unload('priming')",
+            "modules.unload('detect_time_skew')",
+            "trust_anchors.remove('.')",
+            # STUB: to the backend as asked (the special-use test. is not
+            # answered locally), without DNSSEC validation.
+            f"policy.add(policy.suffix(policy.STUB('{backend}'), "
+            f"{{todname('{ZONE}')}}))",
+            "policy.add(policy.all(policy.REFUSE))",
+            "cache.size = 10 * MB",
+        ]) + "\n"
+
+    def start(self):
+        self.conf.write_text(self._config())
+        self.rundir.mkdir(exist_ok=True)
+        with open(self.stdout, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "-n", "-c", str(self.conf), str(self.rundir)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self.address, self.port, time.monotonic() + START_TIMEOUT,
+                       self.proc, f"kresd {self.name}", self.log_text, alpn=["h2"])
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            _terminate(self.proc)
+
+    def log_text(self):
+        return _read(self.stdout)
 
 
 class Stubborn:

@@ -1,8 +1,9 @@
 """DNS over HTTPS upstreams: forwarding through real DoH servers (unbound,
-dnsdist) over one HTTP/2 connection, the trust gate before any HTTP/2 byte,
-no downgrade from h2, and a scripted HTTP/2 server whose per-stream lies
-(status, content-type, size, resets, GOAWAY, hang-ups) cost a query at most
-a failover, never the connection's other streams or stubborn itself."""
+dnsdist, knot-resolver) over one HTTP/2 connection, the trust gate before
+any HTTP/2 byte, no downgrade from h2, and a scripted HTTP/2 server whose
+per-stream lies (status, content-type, size, resets, GOAWAY, hang-ups) cost
+a query at most a failover, never the connection's other streams or
+stubborn itself."""
 
 import re
 import selectors
@@ -223,6 +224,32 @@ def test_dnsdist_as_doh_upstream(upstream, dnsdist, stubborn, certs, kdig_bin):
     via = [(c, n) for c, n, _ in backend.queries() if n != servers.Dnsdist.CHECK_NAME]
     assert via and {c for c, _ in via} == {d.address}, via
     assert zone_name(11) in {n for _, n in via}
+
+
+def test_knot_resolver_as_doh_upstream_takes_a_cold_burst(upstream, kresd, stubborn,
+                                                         certs):
+    """knot-resolver is the strictest DoH server here: it refuses a stream
+    whose HEADERS come before the last one's DATA, loses a DATA frame cut
+    across two TLS records, and stops reading past 100 queries in flight.
+    A burst on a cold connection meets all three."""
+    backend = upstream("backend", transports=("plain",))
+    k = kresd("kresd", backend)
+    s = stubborn([k.spec(pins=[certs["good"].pin])], verbose=True)
+    questions = _burst_questions(1000, "backend")
+    got = _udp_burst(s.port, questions, timeout=20.0)
+    missing = [questions[i][0] for i in range(len(questions)) if i not in got]
+    assert not missing, f"{len(missing)} unanswered, e.g. {missing[:5]}"
+    wrong = []
+    for i, r in got.items():
+        name, rdtype, expected = questions[i]
+        if (r.rcode() != dns.rcode.NOERROR or r.question[0].name.to_text() != name
+                or clients.answer_strings(r, rdtype) != expected):
+            wrong.append((name, clients.rcode_text(r), clients.answer_strings(r, rdtype)))
+    assert not wrong, f"{len(wrong)} wrong, e.g. {wrong[:5]}"
+    # No stream refused or spoiled on the way, and one connection did it.
+    bad = [line for line in s.log_text().splitlines() if "kresd: stream" in line]
+    assert not bad, bad[:5]
+    assert len(_connected_lines(s, "kresd")) == 1, _connected_lines(s, "kresd")
 
 
 # --------------------------------------------------------------- trust gate
