@@ -21,6 +21,7 @@ const char *const dnsmsg_status_str[] = {
 	[DNSMSG_DROP] = "drop",
 	[DNSMSG_FORMERR] = "formerr",
 	[DNSMSG_NOTIMP] = "notimp",
+	[DNSMSG_BADVERS] = "badvers",
 };
 
 static inline uint16_t
@@ -85,6 +86,7 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 	uint16_t an, ns, ar, i;
 	size_t off;
 	long end;
+	bool badvers = false;
 
 	memset(info, 0, sizeof(*info));
 	info->udp_size = DNSMSG_UDP_MIN;
@@ -126,10 +128,12 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 			if (info->udp_size < DNSMSG_UDP_MIN)
 				info->udp_size = DNSMSG_UDP_MIN;
 			info->do_bit = (get16(msg + off + 6) & DNS_EDNS_DO) != 0;
+			/* Only version 0 exists; a later one is not ours. */
+			badvers = msg[off + 5] != 0;
 		}
 		off += 10 + (size_t)rdlen;
 	}
-	return DNSMSG_OK;
+	return badvers ? DNSMSG_BADVERS : DNSMSG_OK;
 }
 
 size_t
@@ -137,8 +141,10 @@ dnsmsg_error_reply(const uint8_t *query, size_t qlen,
     const struct dnsmsg_info *info, int rcode, uint8_t *out, size_t outsz)
 {
 	size_t n = info->qend ? info->qend : DNSMSG_HDR_LEN;
+	/* What broke may be the OPT itself: FORMERR goes without. */
+	bool opt = info->edns && rcode != DNS_RCODE_FORMERR;
 
-	if (qlen < n || outsz < n)
+	if (qlen < n || outsz < n + (opt ? 11 : 0))
 		return 0;
 	memcpy(out, query, n);
 	out[2] = (uint8_t)(DNS_FLAG_QR | (query[2] & (0x78 | DNS_FLAG_RD)));
@@ -147,6 +153,17 @@ dnsmsg_error_reply(const uint8_t *query, size_t qlen,
 	put16(out + 6, 0);
 	put16(out + 8, 0);
 	put16(out + 10, 0);
+	if (opt) {
+		out[n] = 0;
+		put16(out + n + 1, DNS_TYPE_OPT);
+		put16(out + n + 3, DNSMSG_EDNS_SIZE);
+		out[n + 5] = (uint8_t)(rcode >> 4);
+		out[n + 6] = 0;		/* version */
+		put16(out + n + 7, info->do_bit ? DNS_EDNS_DO : 0);
+		put16(out + n + 9, 0);
+		put16(out + 10, 1);
+		n += 11;
+	}
 	return n;
 }
 

@@ -71,7 +71,7 @@ handle_query(struct listener *l, const struct client *c, bool ok,
     const uint8_t *msg, size_t len)
 {
 	struct dnsmsg_info info;
-	uint8_t buf[DNSMSG_HDR_LEN + 260];
+	uint8_t buf[512];	/* header, question, OPT */
 	size_t n;
 	int rcode;
 
@@ -87,6 +87,13 @@ handle_query(struct listener *l, const struct client *c, bool ok,
 	case DNSMSG_NOTIMP:
 		metrics_inc(M_MALFORMED);
 		rcode = DNS_RCODE_NOTIMP;
+		break;
+	case DNSMSG_BADVERS:
+		if (!ok) {
+			metrics_inc(M_REFUSED);
+			rcode = DNS_RCODE_REFUSED;
+		} else
+			rcode = DNS_RCODE_BADVERS;
 		break;
 	case DNSMSG_OK:
 	default:

@@ -19,12 +19,14 @@
 #define DNS_RCODE_NXDOMAIN	3
 #define DNS_RCODE_NOTIMP	4
 #define DNS_RCODE_REFUSED	5
+#define DNS_RCODE_BADVERS	16	/* extended: its upper bits in the OPT */
 
 enum dnsmsg_status {
 	DNSMSG_OK,		/* a query we can forward */
 	DNSMSG_DROP,		/* not worth an answer (too short, a response) */
 	DNSMSG_FORMERR,		/* answer FORMERR */
 	DNSMSG_NOTIMP,		/* answer NOTIMP (opcode other than QUERY) */
+	DNSMSG_BADVERS,		/* answer BADVERS (EDNS version above 0) */
 };
 extern const char *const dnsmsg_status_str[];
 
@@ -56,8 +58,10 @@ long	dnsmsg_skip_name(const uint8_t *msg, size_t len, size_t off);
 /*
  * Write into out (outsz bytes) an answer with rcode to the query in
  * query/info, echoing its ID, RD bit and (when info->qend) its question.
- * Works for a query that only parsed as far as its header.  Returns the
- * answer's length, 0 if out is too small.
+ * To a query with EDNS, unless the answer is FORMERR, an OPT record of
+ * ours follows (RFC 6891 6.1.1), with the rcode's upper bits and the DO
+ * bit echoed.  Works for a query that only parsed as far as its header.
+ * Returns the answer's length, 0 if out is too small.
  */
 size_t	dnsmsg_error_reply(const uint8_t *query, size_t qlen,
 	    const struct dnsmsg_info *info, int rcode, uint8_t *out,

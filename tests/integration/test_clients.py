@@ -6,7 +6,9 @@ import os
 import socket
 import struct
 
+import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import pytest
 
@@ -103,6 +105,25 @@ def test_client_outside_allow_is_refused(upstream, stubborn, tcp):
     # The one allowed address still gets answers on the same listener.
     q, r = clients.ask(s.port, servers.zone_name(2), "A", tcp=tcp, source="127.0.0.2")
     assert clients.answer_strings(r, "A") == [servers.zone_a(2)]
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_edns_version_above_0_is_answered_badvers(resolver, tcp):
+    """RFC 6891 6.1.3: BADVERS, with an OPT of version 0 (the one we
+    speak), and nothing asked upstream."""
+    before = resolver.upstream.queries_seen()
+    q = dns.message.make_query(servers.zone_name(5), "A", use_edns=1, want_dnssec=True)
+    ask = dns.query.tcp if tcp else dns.query.udp
+    r = ask(q, "127.0.0.1", port=resolver.port, timeout=clients.CLIENT_TIMEOUT)
+    assert r.id == q.id
+    assert r.rcode() == dns.rcode.BADVERS, clients.rcode_text(r)
+    assert r.edns == 0 and r.answer == []
+    assert r.ednsflags & dns.flags.DO
+    assert resolver.upstream.queries_seen() == before
+    # Version 0 from the same client is answered as ever.
+    q = dns.message.make_query(servers.zone_name(5), "A", use_edns=0)
+    r = ask(q, "127.0.0.1", port=resolver.port, timeout=clients.CLIENT_TIMEOUT)
+    assert clients.answer_strings(r, "A") == [servers.zone_a(5)]
 
 
 def test_allow_covering_client_answers(upstream, stubborn):

@@ -58,6 +58,27 @@ parse_edns_query(void **state)
 	assert_int_equal(info.udp_size, 4096);
 }
 
+/* RFC 6891 6.1.3: an EDNS version above 0 is answered BADVERS. */
+static void
+parse_edns_version(void **state)
+{
+	uint8_t m[sizeof(query_opt)];
+	struct dnsmsg_info info;
+
+	(void)state;
+	memcpy(m, query_opt, sizeof(m));
+	m[sizeof(m) - 5] = 1;			/* the OPT's version */
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info),
+	    DNSMSG_BADVERS);
+	assert_true(info.edns);
+	assert_true(info.do_bit);
+	assert_int_equal(info.qend, sizeof(query_opt) - 11);
+	/* A broken message is FORMERR first, whatever its version. */
+	m[11] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info),
+	    DNSMSG_FORMERR);
+}
+
 static void
 parse_rejects(void **state)
 {
@@ -149,12 +170,36 @@ error_reply(void **state)
 	assert_memory_equal(out + 12, query_a + 12, QUERY_A_QEND - 12);
 	assert_true(dnsmsg_reply_matches(out, n, query_a, QUERY_A_QEND));
 
-	/* The OPT record is not echoed: counts all zero but the question. */
+	/*
+	 * To an EDNS query, an OPT of ours (RFC 6891 6.1.1): our size,
+	 * version 0, DO echoed, no options.
+	 */
 	dnsmsg_parse_query(query_opt, sizeof(query_opt), &info);
 	n = dnsmsg_error_reply(query_opt, sizeof(query_opt), &info,
 	    DNS_RCODE_REFUSED, out, sizeof(out));
-	assert_int_equal(out[11], 0);
+	assert_int_equal(n, sizeof(query_opt));
+	assert_int_equal(out[11], 1);
 	assert_int_equal(dnsmsg_rcode(out), DNS_RCODE_REFUSED);
+	{
+		static const uint8_t opt[] = { 0, 0x00, 0x29, 0x04, 0xd0,
+		    0, 0, 0x80, 0x00, 0x00, 0x00 };
+
+		assert_memory_equal(out + n - 11, opt, sizeof(opt));
+	}
+	/* BADVERS: 16, so 0 in the header and 1 in the OPT. */
+	n = dnsmsg_error_reply(query_opt, sizeof(query_opt), &info,
+	    DNS_RCODE_BADVERS, out, sizeof(out));
+	assert_int_equal(n, sizeof(query_opt));
+	assert_int_equal(dnsmsg_rcode(out), 0);
+	assert_int_equal(out[n - 11 + 5], 1);
+	/* No room for the OPT: no answer rather than one without it. */
+	assert_int_equal(dnsmsg_error_reply(query_opt, sizeof(query_opt),
+	    &info, DNS_RCODE_REFUSED, out, sizeof(query_opt) - 1), 0);
+	/* FORMERR goes without: the OPT may be what was wrong. */
+	n = dnsmsg_error_reply(query_opt, sizeof(query_opt), &info,
+	    DNS_RCODE_FORMERR, out, sizeof(out));
+	assert_int_equal(n, sizeof(query_opt) - 11);
+	assert_int_equal(out[11], 0);
 
 	/* FORMERR for a query whose question did not parse: header only. */
 	assert_int_equal(dnsmsg_parse_query(query_a, 20, &info),
@@ -344,6 +389,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(parse_plain_query),
 		cmocka_unit_test(parse_edns_query),
+		cmocka_unit_test(parse_edns_version),
 		cmocka_unit_test(parse_rejects),
 		cmocka_unit_test(error_reply),
 		cmocka_unit_test(reply_matching),
