@@ -1116,8 +1116,13 @@ config_load(const char *path, bool must_exist, FILE *errs)
 			    "[section] or a comment)");
 		}
 	}
-	if (cfg->nupstreams == 0)
+	if (cfg->nupstreams == 0) {
+		/* Said out loud: queries will leave for public resolvers. */
+		if (cfg->path != NULL)
+			fprintf(errs, "%s: warning: no [upstream] section; the "
+			    "built-in public upstreams serve\n", path);
 		builtin_upstreams_add(&ctx);
+	}
 	validate(&ctx);
 	if (ctx.nerr > 0) {
 		config_free(cfg);

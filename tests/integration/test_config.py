@@ -120,6 +120,15 @@ def test_good_conf_is_accepted_and_printed(stubborn_bin, certs, tmp_path):
     assert out.index("first") < out.index("second")
 
 
+def test_conf_without_upstreams_warns_that_the_built_in_ones_serve(stubborn_bin, tmp_path):
+    conf = tmp_path / "noup.conf"
+    conf.write_text("[server]\nlisten = 127.0.0.1:5353\n")
+    p = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert f"{conf}: warning: no [upstream] section" in p.stderr, p.stderr
+    assert "[upstream cloudflare]" in p.stdout, p.stdout
+
+
 def test_missing_conf_file_is_an_input_error(stubborn_bin, tmp_path):
     p = _run([stubborn_bin, "check-config", "-c", str(tmp_path / "absent.conf")])
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
