@@ -526,6 +526,12 @@ sandbox(const struct config *cfg, const struct run_opts *o,
 		return -1;
 	if (sandbox_drop_capabilities() != 0)
 		return -1;
+	/* As the user it now runs as; seccomp would not allow the test. */
+	if (cfg->state_dir != NULL &&
+	    access(sandbox_path(cfg->state_dir), W_OK | X_OK) != 0)
+		log_warnx("state-dir %s is not writable (%s): quarantines "
+		    "will not outlast a restart", cfg->state_dir,
+		    strerror(errno));
 	if (!cfg->seccomp)
 		return 0;
 	if ((rc = sandbox_seccomp()) == 1)

@@ -3,7 +3,9 @@ root, then gives up root for good before serving anyone."""
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -45,6 +47,48 @@ def test_runs_as_configured_user(upstream, stubborn, certs):
     status, hung = s.stop()
     assert not hung, "stubborn did not exit after SIGTERM"
     assert status == 0, f"stubborn exited with {status} after SIGTERM"
+
+
+def test_state_dir_it_cannot_write_is_warned_about_at_start(upstream, stubborn, certs,
+                                                           tmp_path):
+    """Quarantines are kept in state-dir: a daemon that cannot write there
+    says so when it starts, not at the first incident."""
+    first = upstream("first")
+    absent = tmp_path / "absent"
+    s = stubborn([first.spec(pins=[certs["good"].pin])],
+                 server_extra=[f"state-dir = {absent}"])
+    assert f"state-dir {absent} is not writable" in s.log_text(), s.log_text()
+    s.stop()
+    ok = tmp_path / "state"
+    ok.mkdir()
+    s = stubborn([first.spec(pins=[certs["good"].pin])], server_extra=[f"state-dir = {ok}"])
+    assert "is not writable" not in s.log_text(), s.log_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0,
+                    reason="dropping privileges needs root; run the suite as root")
+def test_state_dir_owned_by_root_is_warned_about_after_the_drop(upstream, stubborn, certs):
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this system has no user 'nobody'")
+    first = upstream("first")
+    # Under /tmp, not tmp_path: nobody must be able to reach it.
+    state = tempfile.mkdtemp(prefix="stubborn-state-", dir="/tmp")
+    try:
+        os.chmod(state, 0o755)
+        s = stubborn([first.spec(pins=[certs["good"].pin])],
+                     server_extra=["user = nobody", f"state-dir = {state}"])
+        assert f"state-dir {state} is not writable (Permission denied)" in s.log_text(), \
+            s.log_text()
+        s.stop()
+        os.chown(state, nobody.pw_uid, nobody.pw_gid)
+        s = stubborn([first.spec(pins=[certs["good"].pin])],
+                     server_extra=["user = nobody", f"state-dir = {state}"])
+        assert "is not writable" not in s.log_text(), s.log_text()
+        s.stop()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_unknown_user_is_refused(stubborn_bin, certs, ipv6, tmp_path):

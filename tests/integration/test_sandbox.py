@@ -244,7 +244,7 @@ def test_log_level(upstream, stubborn, certs, closed_upstream):
                                s.log_text, tls=False)
         _answers(port, 79)
         log = s.log_text()
-        assert "warning:" in log, log
+        assert "warning: upstream dead: down" in log, log
         assert "info:" not in log, log
     finally:
         status, _ = s.stop()
