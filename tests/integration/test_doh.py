@@ -235,7 +235,7 @@ def test_knot_resolver_as_doh_upstream_takes_a_cold_burst(upstream, kresd, stubb
     backend = upstream("backend", transports=("plain",))
     k = kresd("kresd", backend)
     s = stubborn([k.spec(pins=[certs["good"].pin])], verbose=True)
-    questions = _burst_questions(1000, "backend")
+    questions = _burst_questions(500, "backend")
     got = _udp_burst(s.port, questions, timeout=20.0)
     missing = [questions[i][0] for i in range(len(questions)) if i not in got]
     assert not missing, f"{len(missing)} unanswered, e.g. {missing[:5]}"
