@@ -20,6 +20,13 @@
 
 #define UDP_BATCH		32	/* datagrams per recvmmsg and sendmmsg */
 #define UDP_READS		4	/* recvmmsg calls per wake-up, at most */
+/*
+ * A burst of queries waits in the kernel while the loop is busy (a TLS
+ * handshake, a batch of answers): the default of about 200 KiB holds only
+ * some 250 datagrams.  Capped by net.core.rmem_max; memory only in use
+ * while datagrams wait.
+ */
+#define UDP_RCVBUF		(1 << 20)
 #define UDP_SLOT		4096	/* bytes: larger datagrams are not DNS */
 #define TCP_CLIENTS_MAX		1000
 #define TCP_IDLE_SEC		10	/* RFC 7766 6.2.3: seconds, not minutes */
@@ -343,12 +350,14 @@ tcp_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
 static int
 bind_socket(const struct addr *a, int type)
 {
-	int fd, one = 1;
+	int fd, one = 1, rcvbuf = UDP_RCVBUF;
 
 	fd = socket(a->ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (type == SOCK_DGRAM)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 	if (a->ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == -1 ||

@@ -1,10 +1,15 @@
 """What the listener does with clients it should not trust: garbage packets
 do not take it down, and addresses outside `allow` are REFUSED without a
-byte going upstream."""
+byte going upstream; and with clients in a hurry: a burst it cannot read
+at once waits in the socket, and an EDNS version it does not speak gets
+BADVERS."""
 
 import os
+import selectors
+import signal
 import socket
 import struct
+import time
 
 import dns.flags
 import dns.message
@@ -105,6 +110,50 @@ def test_client_outside_allow_is_refused(upstream, stubborn, tcp):
     # The one allowed address still gets answers on the same listener.
     q, r = clients.ask(s.port, servers.zone_name(2), "A", tcp=tcp, source="127.0.0.2")
     assert clients.answer_strings(r, "A") == [servers.zone_a(2)]
+
+
+def test_burst_waits_in_the_kernel_while_the_loop_is_busy(resolver):
+    """1,000 queries arrive while the loop cannot read (the process is
+    stopped): the UDP socket holds them all (Linux's default buffer holds
+    about 250), and each is answered once the loop runs again."""
+    n = 1000
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(20)]
+    sel = selectors.DefaultSelector()
+    pending = {}
+    os.kill(resolver.proc.pid, signal.SIGSTOP)
+    try:
+        for k, s in enumerate(socks):
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.bind(("127.0.0.1", 0))
+            sel.register(s, selectors.EVENT_READ, k)
+        for i in range(n):
+            q = dns.message.make_query(servers.zone_name(i % servers.ZONE_NAMES), "A")
+            q.id = i
+            pending[(i % len(socks), i)] = i % servers.ZONE_NAMES
+            socks[i % len(socks)].sendto(q.to_wire(), ("127.0.0.1", resolver.port))
+    finally:
+        os.kill(resolver.proc.pid, signal.SIGCONT)
+    wrong = []
+    try:
+        deadline = time.monotonic() + 20
+        while pending and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.2):
+                while True:
+                    try:
+                        r = dns.message.from_wire(key.fileobj.recv(65535))
+                    except BlockingIOError:
+                        break
+                    i = pending.pop((key.data, r.id), None)
+                    if i is not None and (clients.answer_strings(r, "A") !=
+                                          [servers.zone_a(i)]):
+                        wrong.append((r.id, clients.rcode_text(r)))
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+    assert not pending, f"{len(pending)} of {n} unanswered"
+    assert not wrong, wrong[:5]
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
