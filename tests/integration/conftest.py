@@ -182,20 +182,19 @@ def hostile(request, certs, addresses):
         pytest.fail("\n".join(problems), pytrace=False)
 
 
-@pytest.fixture
-def dnsdist(request, certs, tmp_path, addresses):
-    """Factory: dnsdist(name, backend) starts dnsdist as a DoH server in
-    front of `backend`, an unbound serving plain DNS; its .spec() is the
-    DoH [upstream] section.  The binary is looked up only when called, so
-    the rest of the suite does not need it."""
+def _doh_fronts(request, certs, tmp_path, addresses, cls, tool, env_var):
+    """A factory fixture's body: start(name, backend) starts `cls` (a
+    servers.DohFront) in front of `backend`, an unbound serving plain DNS;
+    its .spec() is the DoH [upstream] section.  The binary is looked up
+    only when called, so the rest of the suite does not need it."""
     started = []
 
     def start(name, backend, cert="good"):
-        binary = _tool("dnsdist", "DNSDIST")
-        d = servers.Dnsdist(binary, name, addresses.take(), certs[cert], backend,
-                            tmp_path / f"dnsdist-{name}")
+        binary = _tool(tool, env_var)
+        d = cls(binary, name, addresses.take(), certs[cert], backend,
+                tmp_path / f"{tool}-{name}")
         started.append(d)
-        _attach(request, f"dnsdist {name} {d.address}:{d.port}", d)
+        _attach(request, f"{tool} {name} {d.address}:{d.port}", d)
         return d.start()
 
     yield start
@@ -204,23 +203,17 @@ def dnsdist(request, certs, tmp_path, addresses):
 
 
 @pytest.fixture
+def dnsdist(request, certs, tmp_path, addresses):
+    """Factory: dnsdist(name, backend), dnsdist as a DoH server."""
+    yield from _doh_fronts(request, certs, tmp_path, addresses, servers.Dnsdist,
+                           "dnsdist", "DNSDIST")
+
+
+@pytest.fixture
 def kresd(request, certs, tmp_path, addresses):
-    """Factory: kresd(name, backend) starts knot-resolver as a DoH server in
-    front of `backend`, an unbound serving plain DNS; its .spec() is the
-    DoH [upstream] section.  The binary is looked up only when called."""
-    started = []
-
-    def start(name, backend, cert="good"):
-        binary = _tool("kresd", "KRESD")
-        k = servers.Kresd(binary, name, addresses.take(), certs[cert], backend,
-                          tmp_path / f"kresd-{name}")
-        started.append(k)
-        _attach(request, f"kresd {name} {k.address}:{k.port}", k)
-        return k.start()
-
-    yield start
-    for k in reversed(started):
-        k.stop()
+    """Factory: kresd(name, backend), knot-resolver as a DoH server."""
+    yield from _doh_fronts(request, certs, tmp_path, addresses, servers.Kresd,
+                           "kresd", "KRESD")
 
 
 @pytest.fixture

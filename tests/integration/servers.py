@@ -337,7 +337,32 @@ class Unbound:
         return _read(self.log) + _read(self.stdout)
 
 
-class Dnsdist:
+class DohFront:
+    """A DoH server of another implementation, on its own loopback address,
+    in front of `backend`: an unbound serving the zone over plain DNS, so
+    the who.zone.test marker names that unbound."""
+
+    def __init__(self, binary, name, address, cert, backend, workdir):
+        self.binary = binary
+        self.name = name
+        self.address = address
+        self.cert = cert
+        self.backend = backend
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port([address])
+        self.proc = None
+
+    def spec(self, pins=(), path="/dns-query"):
+        return UpstreamSpec(self.name, self.address, self.port, pki.HOSTNAME,
+                            tuple(pins), scheme="https", path=path)
+
+    def stop(self):
+        if self.proc is not None:
+            _terminate(self.proc)
+
+
+class Dnsdist(DohFront):
     """dnsdist as a second, independent DoH server implementation: its DoH
     front end forwards in plain DNS to an unbound (which holds the zone),
     so the who.zone.test marker names that unbound.  Every query dnsdist
@@ -349,26 +374,14 @@ class Dnsdist:
     CHECK_NAME = "a." + ZONE
 
     def __init__(self, binary, name, address, cert, backend, workdir):
-        self.binary = binary
-        self.name = name
-        self.address = address
-        self.cert = cert
-        self.backend = backend
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(binary, name, address, cert, backend, workdir)
         self.conf = self.dir / "dnsdist.conf"
         self.stdout = self.dir / "dnsdist.stdout"
         self.querylog = self.dir / "queries.log"
-        self.port = free_port([address])
         # Without setLocal it would listen on port 53 as well.
         self.plain_port = free_port([address])
         while self.plain_port == self.port:
             self.plain_port = free_port([address])
-        self.proc = None
-
-    def spec(self, pins=(), path="/dns-query"):
-        return UpstreamSpec(self.name, self.address, self.port, pki.HOSTNAME,
-                            tuple(pins), scheme="https", path=path)
 
     def _config(self):
         backend = f"{self.backend.address}:{self.backend.ports['plain']}"
@@ -410,15 +423,11 @@ class Dnsdist:
                 found.append(m.groups()[:3] + (int(m.group(4)),))
         return found
 
-    def stop(self):
-        if self.proc is not None:
-            _terminate(self.proc)
-
     def log_text(self):
         return _read(self.stdout) + "--- query log\n" + _read(self.querylog)
 
 
-class Kresd:
+class Kresd(DohFront):
     """knot-resolver as a third DoH server (kind doh2), in front of an unbound
     over plain DNS as dnsdist is.  It is strict in ways the others are not:
     it takes a connection's requests one at a time (a stream whose HEADERS
@@ -427,22 +436,10 @@ class Kresd:
     queries) it stops reading."""
 
     def __init__(self, binary, name, address, cert, backend, workdir):
-        self.binary = binary
-        self.name = name
-        self.address = address
-        self.cert = cert
-        self.backend = backend
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(binary, name, address, cert, backend, workdir)
         self.conf = self.dir / "kresd.conf"
         self.rundir = self.dir / "run"
         self.stdout = self.dir / "kresd.stdout"
-        self.port = free_port([address])
-        self.proc = None
-
-    def spec(self, pins=(), path="/dns-query"):
-        return UpstreamSpec(self.name, self.address, self.port, pki.HOSTNAME,
-                            tuple(pins), scheme="https", path=path)
 
     def _config(self):
         backend = f"{self.backend.address}@{self.backend.ports['plain']}"
@@ -472,10 +469,6 @@ class Kresd:
         wait_listening(self.address, self.port, time.monotonic() + START_TIMEOUT,
                        self.proc, f"kresd {self.name}", self.log_text, alpn=["h2"])
         return self
-
-    def stop(self):
-        if self.proc is not None:
-            _terminate(self.proc)
 
     def log_text(self):
         return _read(self.stdout)

@@ -168,13 +168,8 @@ def _udp_burst(port, questions, sockets=25, timeout=10.0):
     return got
 
 
-def test_500_concurrent_queries_over_one_connection(upstream, stubborn, certs):
-    first = upstream("first", transports=("doh",))
-    s = stubborn([first.spec(pins=[certs["good"].pin])], verbose=True)
-    questions = _burst_questions(500, "first")
-    # Cold: the burst meets no connection, so all 500 wait for the one
-    # being opened instead of each opening its own.
-    got = _udp_burst(s.port, questions)
+def _assert_all_answered(questions, got):
+    """Every question of a burst answered, each rightly."""
     missing = [questions[i][0] for i in range(len(questions)) if i not in got]
     assert not missing, f"{len(missing)} unanswered, e.g. {missing[:5]}"
     wrong = []
@@ -183,7 +178,16 @@ def test_500_concurrent_queries_over_one_connection(upstream, stubborn, certs):
         if (r.rcode() != dns.rcode.NOERROR or r.question[0].name.to_text() != name
                 or clients.answer_strings(r, rdtype) != expected):
             wrong.append((name, clients.rcode_text(r), clients.answer_strings(r, rdtype)))
-    assert not wrong, wrong[:5]
+    assert not wrong, f"{len(wrong)} wrong, e.g. {wrong[:5]}"
+
+
+def test_500_concurrent_queries_over_one_connection(upstream, stubborn, certs):
+    first = upstream("first", transports=("doh",))
+    s = stubborn([first.spec(pins=[certs["good"].pin])], verbose=True)
+    questions = _burst_questions(500, "first")
+    # Cold: the burst meets no connection, so all 500 wait for the one
+    # being opened instead of each opening its own.
+    _assert_all_answered(questions, _udp_burst(s.port, questions))
     # Each name reached unbound once: no retry, no second connection's
     # duplicate.
     asked = [n for _, n, _ in first.queries()]
@@ -236,16 +240,7 @@ def test_knot_resolver_as_doh_upstream_takes_a_cold_burst(upstream, kresd, stubb
     k = kresd("kresd", backend)
     s = stubborn([k.spec(pins=[certs["good"].pin])], verbose=True)
     questions = _burst_questions(500, "backend")
-    got = _udp_burst(s.port, questions, timeout=20.0)
-    missing = [questions[i][0] for i in range(len(questions)) if i not in got]
-    assert not missing, f"{len(missing)} unanswered, e.g. {missing[:5]}"
-    wrong = []
-    for i, r in got.items():
-        name, rdtype, expected = questions[i]
-        if (r.rcode() != dns.rcode.NOERROR or r.question[0].name.to_text() != name
-                or clients.answer_strings(r, rdtype) != expected):
-            wrong.append((name, clients.rcode_text(r), clients.answer_strings(r, rdtype)))
-    assert not wrong, f"{len(wrong)} wrong, e.g. {wrong[:5]}"
+    _assert_all_answered(questions, _udp_burst(s.port, questions, timeout=20.0))
     # No stream refused or spoiled on the way, and one connection did it.
     bad = [line for line in s.log_text().splitlines() if "kresd: stream" in line]
     assert not bad, bad[:5]

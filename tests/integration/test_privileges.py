@@ -15,13 +15,17 @@ import servers
 RUN_TIMEOUT = 10.0
 
 
+def _nobody():
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this system has no user 'nobody'")
+
+
 @pytest.mark.skipif(os.geteuid() != 0,
                     reason="dropping privileges needs root; run the suite as root")
 def test_runs_as_configured_user(upstream, stubborn, certs):
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("this system has no user 'nobody'")
+    nobody = _nobody()
     first = upstream("first")
     s = stubborn([first.spec(pins=[certs["good"].pin])], server_extra=["user = nobody"])
 
@@ -68,10 +72,7 @@ def test_state_dir_it_cannot_write_is_warned_about_at_start(upstream, stubborn, 
 @pytest.mark.skipif(os.geteuid() != 0,
                     reason="dropping privileges needs root; run the suite as root")
 def test_state_dir_owned_by_root_is_warned_about_after_the_drop(upstream, stubborn, certs):
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("this system has no user 'nobody'")
+    nobody = _nobody()
     first = upstream("first")
     # Under /tmp, not tmp_path: nobody must be able to reach it.
     state = tempfile.mkdtemp(prefix="stubborn-state-", dir="/tmp")
