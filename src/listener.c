@@ -78,7 +78,7 @@ handle_query(struct listener *l, const struct client *c, bool ok,
     const uint8_t *msg, size_t len)
 {
 	struct dnsmsg_info info;
-	uint8_t buf[512];	/* header, question, OPT */
+	uint8_t buf[DNSMSG_ERROR_MAX];
 	size_t n;
 	int rcode;
 

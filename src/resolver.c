@@ -388,7 +388,7 @@ static void
 answer_servfail(const struct client *client, const uint8_t *msg, size_t len,
     const struct dnsmsg_info *info)
 {
-	uint8_t buf[512];	/* header, question, OPT */
+	uint8_t buf[DNSMSG_ERROR_MAX];
 	size_t n = dnsmsg_error_reply(msg, len, info, DNS_RCODE_SERVFAIL, buf,
 	    sizeof(buf));
 

@@ -63,6 +63,8 @@ long	dnsmsg_skip_name(const uint8_t *msg, size_t len, size_t off);
  * bit echoed.  Works for a query that only parsed as far as its header.
  * Returns the answer's length, 0 if out is too small.
  */
+/* The longest such answer: header, a 255-byte name's question, OPT. */
+#define DNSMSG_ERROR_MAX	(DNSMSG_HDR_LEN + 255 + 4 + 11)
 size_t	dnsmsg_error_reply(const uint8_t *query, size_t qlen,
 	    const struct dnsmsg_info *info, int rcode, uint8_t *out,
 	    size_t outsz);

@@ -195,6 +195,28 @@ error_reply(void **state)
 	/* No room for the OPT: no answer rather than one without it. */
 	assert_int_equal(dnsmsg_error_reply(query_opt, sizeof(query_opt),
 	    &info, DNS_RCODE_REFUSED, out, sizeof(query_opt) - 1), 0);
+	/* A 255-byte name and an OPT: the longest, DNSMSG_ERROR_MAX. */
+	{
+		uint8_t q[DNSMSG_HDR_LEN + 255 + 4 + 11], big[DNSMSG_ERROR_MAX];
+		size_t off = DNSMSG_HDR_LEN, l;
+		int k;
+
+		memcpy(q, query_opt, DNSMSG_HDR_LEN);
+		for (k = 0; k < 4; k++) {
+			l = k < 3 ? 63 : 61;
+			q[off] = (uint8_t)l;
+			memset(q + off + 1, 'a', l);
+			off += 1 + l;
+		}
+		q[off++] = 0;
+		assert_int_equal(off, DNSMSG_HDR_LEN + 255);
+		memcpy(q + off, query_opt + sizeof(query_opt) - 15, 15);
+		assert_int_equal(dnsmsg_parse_query(q, sizeof(q), &info),
+		    DNSMSG_OK);
+		assert_int_equal(dnsmsg_error_reply(q, sizeof(q), &info,
+		    DNS_RCODE_REFUSED, big, sizeof(big)), DNSMSG_ERROR_MAX);
+		dnsmsg_parse_query(query_opt, sizeof(query_opt), &info);
+	}
 	/* FORMERR goes without: the OPT may be what was wrong. */
 	n = dnsmsg_error_reply(query_opt, sizeof(query_opt), &info,
 	    DNS_RCODE_FORMERR, out, sizeof(out));
