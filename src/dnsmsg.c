@@ -13,6 +13,8 @@
 #define DNS_FLAG_RD	0x01	/* in byte 2 */
 #define DNS_FLAG_RA	0x80	/* in byte 3 */
 #define DNS_TYPE_OPT	41
+#define DNS_CLASS_NONE	254	/* meta-classes (RFC 6895 3.2) */
+#define DNS_CLASS_ANY	255
 #define DNS_EDNS_DO	0x8000
 #define DNS_NAME_MAX	255
 
@@ -133,7 +135,16 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 		}
 		off += 10 + (size_t)rdlen;
 	}
-	return badvers ? DNSMSG_BADVERS : DNSMSG_OK;
+	if (badvers)
+		return DNSMSG_BADVERS;
+	/*
+	 * A meta-class asks for every class at once (RFC 6895 3.2), which no
+	 * forwarder can merge; upstreams drop it or refuse it, and a dropped
+	 * one would cost the client a timeout and count against the upstream.
+	 */
+	if (info->qclass == DNS_CLASS_ANY || info->qclass == DNS_CLASS_NONE)
+		return DNSMSG_NOTIMP;
+	return DNSMSG_OK;
 }
 
 size_t

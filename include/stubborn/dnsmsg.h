@@ -25,7 +25,7 @@ enum dnsmsg_status {
 	DNSMSG_OK,		/* a query we can forward */
 	DNSMSG_DROP,		/* not worth an answer (too short, a response) */
 	DNSMSG_FORMERR,		/* answer FORMERR */
-	DNSMSG_NOTIMP,		/* answer NOTIMP (opcode other than QUERY) */
+	DNSMSG_NOTIMP,		/* answer NOTIMP (opcode, class ANY or NONE) */
 	DNSMSG_BADVERS,		/* answer BADVERS (EDNS version above 0) */
 };
 extern const char *const dnsmsg_status_str[];

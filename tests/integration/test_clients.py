@@ -1,8 +1,8 @@
 """What the listener does with clients it should not trust: garbage packets
 do not take it down, and addresses outside `allow` are REFUSED without a
 byte going upstream; and with clients in a hurry: a burst it cannot read
-at once waits in the socket, and an EDNS version it does not speak gets
-BADVERS."""
+at once waits in the socket, an EDNS version it does not speak gets
+BADVERS, and a class no forwarder can merge (ANY, NONE) gets NOTIMP."""
 
 import os
 import selectors
@@ -173,6 +173,25 @@ def test_edns_version_above_0_is_answered_badvers(resolver, tcp):
     q = dns.message.make_query(servers.zone_name(5), "A", use_edns=0)
     r = ask(q, "127.0.0.1", port=resolver.port, timeout=clients.CLIENT_TIMEOUT)
     assert clients.answer_strings(r, "A") == [servers.zone_a(5)]
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_class_any_is_answered_notimp_locally(resolver, tcp):
+    """QCLASS ANY and NONE ask for every class at once: NOTIMP at once,
+    nothing asked upstream (which drops them: a client would wait out its
+    timeout, and three in a row would mark the upstream down)."""
+    before = resolver.upstream.queries_seen()
+    ask = dns.query.tcp if tcp else dns.query.udp
+    for rdclass in ("ANY", "NONE", "ANY", "ANY"):
+        q = dns.message.make_query(servers.zone_name(6), "A", rdclass=rdclass)
+        t = time.monotonic()
+        r = ask(q, "127.0.0.1", port=resolver.port, timeout=clients.CLIENT_TIMEOUT)
+        assert time.monotonic() - t < 0.5
+        assert r.id == q.id and r.question == q.question
+        assert r.rcode() == dns.rcode.NOTIMP, clients.rcode_text(r)
+    assert resolver.upstream.queries_seen() == before
+    q, r = clients.ask(resolver.port, servers.zone_name(6), "A", tcp=tcp)
+    assert clients.answer_strings(r, "A") == [servers.zone_a(6)]
 
 
 def test_allow_covering_client_answers(upstream, stubborn):

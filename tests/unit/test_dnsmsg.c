@@ -100,6 +100,19 @@ parse_rejects(void **state)
 	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
 	    DNSMSG_NOTIMP);
 
+	/* QCLASS NONE and ANY: no forwarder can merge every class. */
+	memcpy(m, query_a, sizeof(query_a));
+	m[sizeof(query_a) - 1] = 254;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_NOTIMP);
+	m[sizeof(query_a) - 1] = 255;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_NOTIMP);
+	assert_int_equal(info.qend, sizeof(query_a));	/* echoed question */
+	m[sizeof(query_a) - 1] = 3;			/* CHAOS goes upstream */
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_a), &info),
+	    DNSMSG_OK);
+
 	/* QDCOUNT 0 and 2. */
 	memcpy(m, query_a, sizeof(query_a));
 	m[5] = 0;
