@@ -39,10 +39,12 @@ def get(stub, wl, kind, col):
     return None
 
 
+# "upstream": the upstream asked directly, the latency floor; not a stub.
+BASE = "upstream"
 stubs = []
 labels = {}
 for r in rows:
-    if r["stub"] not in labels:
+    if r["stub"] not in labels and r["stub"] != BASE:
         stubs.append(r["stub"])
         labels[r["stub"]] = r["label"]
 ours = [s for s in stubs if s.startswith("stubborn")]
@@ -143,6 +145,18 @@ for wl, title in WORKLOADS:
             cells.append("–" if best == 0 else f"{mine / best:.2f}")
         md.append(f"| *{labels[o]} ÷ best peer* | " + " | ".join(cells) + " |")
     md.append("")
+    base = num(get(BASE, wl, "lat", "p50_ms"))
+    if base is not None:
+        added = []
+        for s in stubs:
+            p50 = num(get(s, wl, "lat", "p50_ms"))
+            if p50 is not None:
+                added.append(f"{labels[s]} {1000 * (p50 - base):+.0f}")
+        md.append(
+            f"Latency each stub adds, p50 at {lat} qps in µs, against the upstream "
+            f"asked directly over plain UDP with no stub in between (p50 {base:.3f} ms, "
+            f"p99 {fmt(num(get(BASE, wl, 'lat', 'p99_ms')), '{:.3f}')} ms): "
+            + ", ".join(added) + ".\n")
 
 md.append("## Memory at rest and with a full cache\n")
 md.append("| stub | idle RSS MiB (answered one query) |")
