@@ -254,6 +254,16 @@ scan(const uint8_t *m, size_t len, uint16_t *off, uint16_t *noff)
 	return min_ttl == UINT32_MAX ? 0 : min_ttl;
 }
 
+void
+cache_prefetch(const struct cache *c, const struct cache_key *k)
+{
+	if (c == NULL || c->max == 0)
+		return;
+	__builtin_prefetch(&c->buckets[k->hash & c->mask], 1);
+	if (c->count >= c->max)
+		__builtin_prefetch(TAILQ_LAST(&c->lru, entry_lru_head), 1);
+}
+
 bool
 cache_store(struct cache *c, const struct cache_key *k,
     const uint8_t *answer, size_t len, uint64_t now_ms)

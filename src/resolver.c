@@ -178,6 +178,7 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	uint64_t now = upstream_now_ms();
 
 	(void)arg;
+	cache_prefetch(q->r->cache, &q->key);
 	upstream_note_rtt(q->up, now - q->sent_ms);
 	/*
 	 * One form for the cache and every client: TTLs within max-ttl, and

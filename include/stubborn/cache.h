@@ -54,6 +54,11 @@ void	cache_free(struct cache *c);
  * NODATA with an SOA (min of its TTL and MINIMUM); never truncated ones,
  * SERVFAIL or others.  Returns true when it was stored.
  */
+/*
+ * Ask the CPU for what storing under k will touch (its bucket, and the
+ * entry a full cache evicts), while the caller still works on the answer.
+ */
+void	cache_prefetch(const struct cache *c, const struct cache_key *k);
 bool	cache_store(struct cache *c, const struct cache_key *k,
 	    const uint8_t *answer, size_t len, uint64_t now_ms);
 

@@ -225,6 +225,9 @@ lru_bound(void **state)
 		cache_store(c, &k[i], a, answer(q[i], ql[i], 0, 60, 0, a), T0);
 	/* Touch a: b is now the least recently used. */
 	assert_true(cache_lookup(c, &k[0], T0, false, out, sizeof(out)) > 0);
+	/* A hint on a full cache (its victim) changes nothing it holds. */
+	cache_prefetch(c, &k[3]);
+	assert_int_equal(cache_count(c), 3);
 	cache_store(c, &k[3], a, answer(q[3], ql[3], 0, 60, 0, a), T0);
 	assert_int_equal(cache_count(c), 3);
 	assert_int_equal(cache_lookup(c, &k[1], T0, false, out, sizeof(out)),
@@ -235,7 +238,9 @@ lru_bound(void **state)
 	cache_free(c);
 
 	/* Size 0 turns the cache off. */
+	cache_prefetch(NULL, &k[0]);
 	c = cache_new(0, 86400, 0);
+	cache_prefetch(c, &k[0]);
 	assert_false(cache_store(c, &k[0], a, answer(q[0], ql[0], 0, 60, 0, a),
 	    T0));
 	cache_free(c);
