@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -260,8 +261,13 @@ cache_prefetch(const struct cache *c, const struct cache_key *k)
 	if (c == NULL || c->max == 0)
 		return;
 	__builtin_prefetch(&c->buckets[k->hash & c->mask], 1);
+	/*
+	 * The victim's address without a load: the list's last link is its
+	 * lru.tqe_next (TAILQ_LAST would read two cold entries to find it).
+	 */
 	if (c->count >= c->max)
-		__builtin_prefetch(TAILQ_LAST(&c->lru, entry_lru_head), 1);
+		__builtin_prefetch((const char *)c->lru.tqh_last -
+		    offsetof(struct entry, lru.tqe_next), 1);
 }
 
 bool

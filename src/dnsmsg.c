@@ -138,9 +138,10 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 	if (badvers)
 		return DNSMSG_BADVERS;
 	/*
-	 * A meta-class asks for every class at once (RFC 6895 3.2), which no
-	 * forwarder can merge; upstreams drop it or refuse it, and a dropped
-	 * one would cost the client a timeout and count against the upstream.
+	 * QCLASS ANY asks for every class at once (RFC 6895 3.2), which no
+	 * forwarder can merge, and NONE belongs to UPDATE (RFC 2136).  An
+	 * upstream may drop either (unbound does): the client would wait out
+	 * its timeout, and the upstream would be counted as failing.
 	 */
 	if (info->qclass == DNS_CLASS_ANY || info->qclass == DNS_CLASS_NONE)
 		return DNSMSG_NOTIMP;

@@ -92,8 +92,13 @@ handle_query(struct listener *l, const struct client *c, bool ok,
 		rcode = DNS_RCODE_FORMERR;
 		break;
 	case DNSMSG_NOTIMP:
-		metrics_inc(M_MALFORMED);
-		rcode = DNS_RCODE_NOTIMP;
+		if (!ok) {
+			metrics_inc(M_REFUSED);
+			rcode = DNS_RCODE_REFUSED;
+		} else {
+			metrics_inc(M_MALFORMED);
+			rcode = DNS_RCODE_NOTIMP;
+		}
 		break;
 	case DNSMSG_BADVERS:
 		if (!ok) {

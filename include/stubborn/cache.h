@@ -49,16 +49,17 @@ struct cache *cache_new(size_t max_entries, uint32_t max_ttl,
 void	cache_free(struct cache *c);
 
 /*
+ * Ask the CPU for what storing under k will touch (its bucket, and the
+ * entry a full cache evicts), while the caller still works on the answer.
+ */
+void	cache_prefetch(const struct cache *c, const struct cache_key *k);
+
+/*
  * Keep a copy of the answer (len bytes) to k, received at now_ms, when it
  * is cacheable: NOERROR with answers (the smallest TTL), or NXDOMAIN or
  * NODATA with an SOA (min of its TTL and MINIMUM); never truncated ones,
  * SERVFAIL or others.  Returns true when it was stored.
  */
-/*
- * Ask the CPU for what storing under k will touch (its bucket, and the
- * entry a full cache evicts), while the caller still works on the answer.
- */
-void	cache_prefetch(const struct cache *c, const struct cache_key *k);
 bool	cache_store(struct cache *c, const struct cache_key *k,
 	    const uint8_t *answer, size_t len, uint64_t now_ms);
 

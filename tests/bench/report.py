@@ -146,12 +146,11 @@ for wl, title in WORKLOADS:
         md.append(f"| *{labels[o]} ÷ best peer* | " + " | ".join(cells) + " |")
     md.append("")
     base = num(get(BASE, wl, "lat", "p50_ms"))
-    if base is not None:
+    if base is not None and stubs:
         added = []
         for s in stubs:
             p50 = num(get(s, wl, "lat", "p50_ms"))
-            if p50 is not None:
-                added.append(f"{labels[s]} {1000 * (p50 - base):+.0f}")
+            added.append(f"{labels[s]} " + ("–" if p50 is None else f"{1000 * (p50 - base):+.0f}"))
         md.append(
             f"Latency each stub adds, p50 at {lat} qps in µs, against the upstream "
             f"asked directly over plain UDP with no stub in between (p50 {base:.3f} ms, "

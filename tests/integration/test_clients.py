@@ -106,6 +106,12 @@ def test_client_outside_allow_is_refused(upstream, stubborn, tcp):
     assert r.id == q.id
     assert r.rcode() == dns.rcode.REFUSED, clients.rcode_text(r)
     assert r.answer == []
+    # Whatever it asks: a class answered NOTIMP inside is REFUSED too.
+    ask = dns.query.tcp if tcp else dns.query.udp
+    q = dns.message.make_query(servers.zone_name(1), "A", rdclass="ANY")
+    r = ask(q, "127.0.0.1", port=s.port, source="127.0.0.1",
+            timeout=clients.CLIENT_TIMEOUT)
+    assert r.rcode() == dns.rcode.REFUSED, clients.rcode_text(r)
     assert first.queries_seen() == 0, first.queries()
     # The one allowed address still gets answers on the same listener.
     q, r = clients.ask(s.port, servers.zone_name(2), "A", tcp=tcp, source="127.0.0.2")
@@ -177,9 +183,9 @@ def test_edns_version_above_0_is_answered_badvers(resolver, tcp):
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 def test_class_any_is_answered_notimp_locally(resolver, tcp):
-    """QCLASS ANY and NONE ask for every class at once: NOTIMP at once,
-    nothing asked upstream (which drops them: a client would wait out its
-    timeout, and three in a row would mark the upstream down)."""
+    """QCLASS ANY (every class at once) and NONE (UPDATE's): NOTIMP at
+    once, nothing asked upstream (unbound drops them: a client would wait
+    out its timeout, and three in a row would mark the upstream down)."""
     before = resolver.upstream.queries_seen()
     ask = dns.query.tcp if tcp else dns.query.udp
     for rdclass in ("ANY", "NONE", "ANY", "ANY"):

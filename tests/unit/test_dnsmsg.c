@@ -79,6 +79,43 @@ parse_edns_version(void **state)
 	    DNSMSG_FORMERR);
 }
 
+/*
+ * QCLASS ANY with EDNS: NOTIMP, after FORMERR and BADVERS, and the answer
+ * carries our OPT with DO echoed.
+ */
+static void
+parse_meta_class_with_edns(void **state)
+{
+	uint8_t m[sizeof(query_opt)], out[DNSMSG_ERROR_MAX];
+	const size_t qend = sizeof(query_opt) - 11;
+	struct dnsmsg_info info;
+	size_t n;
+
+	(void)state;
+	memcpy(m, query_opt, sizeof(m));
+	m[qend - 1] = 255;			/* QCLASS ANY */
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info),
+	    DNSMSG_NOTIMP);
+	assert_true(info.edns);
+	assert_true(info.do_bit);
+	assert_int_equal(info.qend, qend);
+	n = dnsmsg_error_reply(m, sizeof(m), &info, DNS_RCODE_NOTIMP, out,
+	    sizeof(out));
+	assert_int_equal(n, sizeof(m));
+	assert_int_equal(dnsmsg_rcode(out), DNS_RCODE_NOTIMP);
+	assert_memory_equal(out + 12, m + 12, qend - 12);	/* question */
+	assert_int_equal(out[11], 1);
+	assert_int_equal(out[n - 11 + 7], 0x80);		/* DO */
+	/* An EDNS version above 0 is BADVERS first. */
+	m[sizeof(m) - 5] = 1;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info),
+	    DNSMSG_BADVERS);
+	/* And a broken message FORMERR before either. */
+	m[11] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info),
+	    DNSMSG_FORMERR);
+}
+
 static void
 parse_rejects(void **state)
 {
@@ -425,6 +462,7 @@ main(void)
 		cmocka_unit_test(parse_plain_query),
 		cmocka_unit_test(parse_edns_query),
 		cmocka_unit_test(parse_edns_version),
+		cmocka_unit_test(parse_meta_class_with_edns),
 		cmocka_unit_test(parse_rejects),
 		cmocka_unit_test(error_reply),
 		cmocka_unit_test(reply_matching),
