@@ -78,44 +78,32 @@ handle_query(struct listener *l, const struct client *c, bool ok,
     const uint8_t *msg, size_t len)
 {
 	struct dnsmsg_info info;
+	enum dnsmsg_status status;
 	uint8_t buf[DNSMSG_ERROR_MAX];
 	size_t n;
 	int rcode;
 
 	metrics_inc(c->tc != NULL ? M_QUERIES_TCP : M_QUERIES_UDP);
-	switch (dnsmsg_parse_query(msg, len, &info)) {
-	case DNSMSG_DROP:
+	status = dnsmsg_parse_query(msg, len, &info);
+	if (status == DNSMSG_DROP) {
 		metrics_inc(M_MALFORMED);
 		return;
-	case DNSMSG_FORMERR:
+	}
+	if (status == DNSMSG_FORMERR) {
 		metrics_inc(M_MALFORMED);
 		rcode = DNS_RCODE_FORMERR;
-		break;
-	case DNSMSG_NOTIMP:
-		if (!ok) {
-			metrics_inc(M_REFUSED);
-			rcode = DNS_RCODE_REFUSED;
-		} else {
-			metrics_inc(M_MALFORMED);
-			rcode = DNS_RCODE_NOTIMP;
-		}
-		break;
-	case DNSMSG_BADVERS:
-		if (!ok) {
-			metrics_inc(M_REFUSED);
-			rcode = DNS_RCODE_REFUSED;
-		} else
-			rcode = DNS_RCODE_BADVERS;
-		break;
-	case DNSMSG_OK:
-	default:
-		if (ok) {
-			resolver_query(l->r, c, msg, len, &info);
-			return;
-		}
+	} else if (!ok) {
+		/* Anything well formed from outside allow: REFUSED, nothing more. */
 		metrics_inc(M_REFUSED);
 		rcode = DNS_RCODE_REFUSED;
-		break;
+	} else if (status == DNSMSG_NOTIMP) {
+		metrics_inc(M_MALFORMED);
+		rcode = DNS_RCODE_NOTIMP;
+	} else if (status == DNSMSG_BADVERS)
+		rcode = DNS_RCODE_BADVERS;
+	else {
+		resolver_query(l->r, c, msg, len, &info);
+		return;
 	}
 	n = dnsmsg_error_reply(msg, len, &info, rcode, buf, sizeof(buf));
 	if (n > 0)
