@@ -91,9 +91,14 @@ cache_key_make(const uint8_t *msg, size_t qend, bool do_bit,
 	k->namelen = (uint8_t)nl;
 	k->qtype = get16(msg + qend - 4);
 	k->qclass = get16(msg + qend - 2);
-	/* CD is the header's; DO is the OPT record's. */
+	/*
+	 * RD and CD are the header's; DO is the OPT record's.  RD goes
+	 * upstream as the client set it, and is echoed: a question asked
+	 * without recursion has answers of its own.
+	 */
 	k->flags = (uint8_t)((do_bit ? CACHE_KEY_DO : 0) |
-	    ((msg[3] & 0x10) ? CACHE_KEY_CD : 0));
+	    ((msg[3] & 0x10) ? CACHE_KEY_CD : 0) |
+	    ((msg[2] & 0x01) ? 0 : CACHE_KEY_NORD));
 	h = (h ^ k->qtype) * 16777619u;
 	h = (h ^ k->qclass) * 16777619u;
 	k->hash = (h ^ k->flags) * 16777619u;
@@ -128,6 +133,13 @@ cache_new(size_t max_entries, uint32_t max_ttl, uint32_t serve_stale)
 	c->serve_stale = serve_stale;
 	TAILQ_INIT(&c->lru);
 	return c;
+}
+
+void
+cache_set_limits(struct cache *c, uint32_t max_ttl, uint32_t serve_stale)
+{
+	c->max_ttl = max_ttl;
+	c->serve_stale = serve_stale;
 }
 
 static inline uint8_t *
@@ -237,7 +249,8 @@ scan(const uint8_t *m, size_t len, uint16_t *off, uint16_t *noff)
 				/* RFC 2181 8: a TTL over 2^31-1 means 0. */
 				if (ttl > 0x7fffffff)
 					ttl = 0;
-				if (sec < 2 && ttl < min_ttl)
+				/* Additional records too: none is served dead. */
+				if (ttl < min_ttl)
 					min_ttl = ttl;
 				if (sec == 1 && type == TYPE_SOA && rdlen >= 20) {
 					uint32_t minimum = get32(m + p + 10 +

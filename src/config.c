@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -54,11 +55,13 @@ struct parse_ctx {
 	int			 line;
 	int			 nerr;
 	int			 last_err_line;
+	int			 read_errno;	/* of the last read, or 0 */
 	enum section		 section;
 	struct config		*cfg;
 	struct upstream_conf	*up;		/* current [upstream] */
 	uint64_t		 seen_global;	/* non-repeatable keys seen */
 	uint64_t		 seen_up;
+	uint64_t		 given_up[CONFIG_MAX_UPSTREAMS];	/* keys */
 	char			 msg[256];	/* a parse function's error */
 };
 
@@ -657,22 +660,40 @@ p_metrics(struct parse_ctx *ctx, const char *v)
 	return NULL;
 }
 
+/* err, or an error when *out is above max. */
 static const char *
-p_cache_size(struct parse_ctx *ctx, const char *v)
+at_most(struct parse_ctx *ctx, const char *err, const char *v, long *out,
+    long max)
 {
-	return parse_count(ctx, v, &ctx->cfg->cache_size);
+	if (err == NULL && *out > max) {
+		snprintf(ctx->msg, sizeof(ctx->msg), "'%s' is above %ld", v,
+		    max);
+		return ctx->msg;
+	}
+	return err;
 }
 
 static const char *
+p_cache_size(struct parse_ctx *ctx, const char *v)
+{
+	return at_most(ctx, parse_count(ctx, v, &ctx->cfg->cache_size), v,
+	    &ctx->cfg->cache_size, CONFIG_CACHE_SIZE_MAX);
+}
+
+/* TTLs are 31 bits (RFC 2181 8). */
+static const char *
 p_max_ttl(struct parse_ctx *ctx, const char *v)
 {
-	return parse_duration(ctx, v, &ctx->cfg->cache_max_ttl);
+	return at_most(ctx, parse_duration(ctx, v, &ctx->cfg->cache_max_ttl),
+	    v, &ctx->cfg->cache_max_ttl, INT32_MAX);
 }
 
 static const char *
 p_serve_stale(struct parse_ctx *ctx, const char *v)
 {
-	return parse_duration(ctx, v, &ctx->cfg->cache_serve_stale);
+	return at_most(ctx, parse_duration(ctx, v,
+	    &ctx->cfg->cache_serve_stale), v, &ctx->cfg->cache_serve_stale,
+	    INT32_MAX);
 }
 
 static const char *
@@ -839,6 +860,18 @@ static const struct item items[] = {
 	{ SEC_UPSTREAM, "ct", p_up_ct, false, NULL },
 };
 
+/* The key's bit in a set of keys seen (one bit per entry of items). */
+static uint64_t
+item_bit(enum section sec, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(items) / sizeof(items[0]); i++)
+		if (items[i].section == sec && strcmp(items[i].key, key) == 0)
+			return (uint64_t)1 << i;
+	return 0;
+}
+
 static void
 start_section(struct parse_ctx *ctx, const char *name)
 {
@@ -905,8 +938,10 @@ conf_reader(char *str, int num, void *stream)
 	char *p, *end;
 	size_t len;
 
-	if (fgets(str, num, ctx->fp) == NULL)
+	if (fgets(str, num, ctx->fp) == NULL) {
+		ctx->read_errno = ferror(ctx->fp) ? errno : 0;
 		return NULL;
+	}
 	ctx->line++;
 	len = strlen(str);
 	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(ctx->fp)) {
@@ -920,6 +955,13 @@ conf_reader(char *str, int num, void *stream)
 	}
 	for (p = str; isspace((unsigned char)*p); p++)
 		;
+	/*
+	 * inih reads an indented line as the continuation of the value
+	 * before it: it would join an indented key to the wrong one.
+	 */
+	if (p != str)
+		memmove(str, p, strlen(p) + 1);
+	p = str;
 	if (*p == '[') {
 		end = strchr(p, ']');
 		if (end == NULL) {
@@ -976,6 +1018,8 @@ conf_handler(void *user, const char *section, const char *name,
 		return 1;
 	}
 	*seen |= bit;
+	if (ctx->section == SEC_UPSTREAM)
+		ctx->given_up[ctx->up - ctx->cfg->upstreams] |= bit;
 	if ((err = it->parse(ctx, value)) != NULL)
 		conf_error(ctx, "%s", err);
 	else if (it->notyet != NULL && *value != '\0')
@@ -1057,12 +1101,16 @@ validate(struct parse_ctx *ctx)
 	for (i = 0; i < cfg->nupstreams; i++) {
 		struct upstream_conf *uc = &cfg->upstreams[i];
 
+		/* A bad url or address line was reported as such. */
 		if (uc->url == NULL || uc->host == NULL) {
+			if (ctx->given_up[i] & item_bit(SEC_UPSTREAM, "url"))
+				continue;
 			ctx->line = uc->line;
 			conf_error(ctx, "upstream '%s' has no url", uc->name);
 			continue;
 		}
-		if (uc->naddrs == 0) {
+		if (uc->naddrs == 0 &&
+		    !(ctx->given_up[i] & item_bit(SEC_UPSTREAM, "address"))) {
 			ctx->line = uc->line;
 			conf_error(ctx, "upstream '%s' has no address (the "
 			    "bootstrap address to connect to; the hostname is "
@@ -1106,8 +1154,24 @@ config_load(const char *path, bool must_exist, FILE *errs)
 		}
 	}
 	if (ctx.fp != NULL) {
+		struct stat st;
+
+		/* fopen takes a directory; reading it would fail quietly. */
+		if (fstat(fileno(ctx.fp), &st) == 0 && S_ISDIR(st.st_mode)) {
+			fprintf(errs, "%s: %s\n", path, strerror(EISDIR));
+			fclose(ctx.fp);
+			config_free(cfg);
+			return NULL;
+		}
 		cfg->path = xstrdup(path);
 		rc = ini_parse_stream(conf_reader, &ctx, conf_handler, &ctx);
+		if (ctx.read_errno != 0) {
+			fprintf(errs, "%s: %s\n", path,
+			    strerror(ctx.read_errno));
+			fclose(ctx.fp);
+			config_free(cfg);
+			return NULL;
+		}
 		fclose(ctx.fp);
 		if (rc > 0 && rc != ctx.last_err_line) {
 			/* inih's own syntax error: a line with no '='. */

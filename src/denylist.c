@@ -192,7 +192,7 @@ denylist_add(const char *path, const struct pin *key, const char *note)
 		goto out;
 	if (oldlen == 0)
 		fputs("# stubborn deny list: keys the trust gate refuses "
-		    "(stubborn.conf(5))\n", fp);
+		    "(stubborn(8), FILES)\n", fp);
 	else if (fwrite(old, 1, oldlen, fp) == oldlen &&
 	    old[oldlen - 1] != '\n')
 		fputc('\n', fp);

@@ -82,6 +82,20 @@ plain_name_end(const uint8_t *msg, size_t len, size_t off)
 	}
 }
 
+/* Whether an OPT's RDATA is a run of whole {code, length, data} options. */
+static bool
+options_whole(const uint8_t *p, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		if (len - off < 4 || len - off - 4 < get16(p + off + 2))
+			return false;
+		off += 4 + (size_t)get16(p + off + 2);
+	}
+	return true;
+}
+
 enum dnsmsg_status
 dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 {
@@ -113,6 +127,7 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 	ar = get16(msg + 10);
 	for (i = 0; i < (uint32_t)an + ns + ar; i++) {
 		uint16_t type, rdlen;
+		size_t owner = off;
 
 		end = dnsmsg_skip_name(msg, len, off);
 		if (end < 0 || (size_t)end + 10 > len)
@@ -122,9 +137,15 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 		rdlen = get16(msg + off + 8);
 		if (off + 10 + rdlen > len)
 			return DNSMSG_FORMERR;
-		if (i >= (uint32_t)an + ns && type == DNS_TYPE_OPT) {
-			if (info->edns)
-				return DNSMSG_FORMERR;	/* RFC 6891 6.1.1 */
+		if (type == DNS_TYPE_OPT) {
+			/*
+			 * RFC 6891 6.1.1: one OPT, in the additional
+			 * section, owned by the root, its options whole.
+			 */
+			if (info->edns || i < (uint32_t)an + ns ||
+			    owner + 1 != off || !options_whole(msg + off + 10,
+			    rdlen))
+				return DNSMSG_FORMERR;
 			info->edns = true;
 			info->udp_size = get16(msg + off + 2);
 			if (info->udp_size < DNSMSG_UDP_MIN)
@@ -295,9 +316,18 @@ dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max)
 	if (!dnsmsg_rr_first(&it, msg, len))
 		return;
 	while (dnsmsg_rr_next(&it, &rr)) {
-		if (rr.type != DNS_TYPE_OPT && rr.ttl > max) {
-			put16(msg + rr.type_off + 4, (uint16_t)(max >> 16));
-			put16(msg + rr.type_off + 6, (uint16_t)max);
+		uint32_t ttl = rr.ttl;
+
+		if (rr.type == DNS_TYPE_OPT)
+			continue;
+		/* RFC 2181 8: a TTL with the top bit set means 0. */
+		if (ttl > 0x7fffffff)
+			ttl = 0;
+		else if (ttl > max)
+			ttl = max;
+		if (ttl != rr.ttl) {
+			put16(msg + rr.type_off + 4, (uint16_t)(ttl >> 16));
+			put16(msg + rr.type_off + 6, (uint16_t)ttl);
 		}
 	}
 }

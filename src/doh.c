@@ -26,7 +26,7 @@
 #include "transport.h"
 
 #define PING_IDLE_MS		10000	/* an idle connection is pinged... */
-#define IDLE_PINGS_MAX		3	/* ...and closed after this many */
+#define IDLE_TICKS_CLOSE	3	/* ...and closed at this tick: 30 s */
 #define BODY_MAX		DNSMSG_MAX_LEN
 #define DNS_MESSAGE		"application/dns-message"
 #define BODY_INLINE		512	/* most answers fit: no allocation */
@@ -720,7 +720,7 @@ doh_idle(struct conn *c)
 		settle(dc);
 		return;
 	}
-	if (++dc->idle_pings > IDLE_PINGS_MAX) {
+	if (++dc->idle_pings >= IDLE_TICKS_CLOSE) {
 		log_debug("upstream %s: closing idle connection",
 		    dc->c.up->conf->name);
 		nghttp2_session_terminate_session(dc->h2, NGHTTP2_NO_ERROR);

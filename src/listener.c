@@ -30,6 +30,13 @@
 #define UDP_SLOT		4096	/* bytes: larger datagrams are not DNS */
 #define TCP_CLIENTS_MAX		1000
 #define TCP_IDLE_SEC		10	/* RFC 7766 6.2.3: seconds, not minutes */
+/*
+ * A connection's queries are read only while it has fewer than this many
+ * unanswered and this many bytes of answers unsent: a client that sends
+ * and never reads holds a bounded share of memory, not all of it.
+ */
+#define TCP_INFLIGHT_MAX	256
+#define TCP_UNSENT_MAX		(128 * 1024)
 #define TCP_BACKLOG		128
 
 struct tcp_client {
@@ -39,6 +46,9 @@ struct tcp_client {
 	struct sockaddr_storage	 addr;
 	socklen_t		 addrlen;
 	bool			 allowed;
+	bool			 paused;	/* not reading: too much due */
+	bool			 eof;		/* the client sends no more */
+	bool			 reread;	/* queries left in the input */
 	int			 refs;	/* the listener's + one per query */
 };
 
@@ -239,11 +249,50 @@ udp_read_cb(evutil_socket_t fd, short ev, void *arg)
 	udp_flush();
 }
 
+static void	tcp_client_close(struct tcp_client *);
+
+/*
+ * Read on, pause, or close once a client that has sent its last query
+ * has every answer: a half-close (RFC 7766 6.2.1) still gets them all.
+ * Reading resumes from the loop, never inside an answer's call chain.
+ */
+static void
+tcp_client_flow(struct tcp_client *tc)
+{
+	struct evbuffer *out;
+	bool full;
+
+	if (tc->bev == NULL)
+		return;
+	out = bufferevent_get_output(tc->bev);
+	full = tc->refs - 1 >= TCP_INFLIGHT_MAX ||
+	    evbuffer_get_length(out) >= TCP_UNSENT_MAX;
+	if (full != tc->paused) {
+		tc->paused = full;
+		if (full)
+			bufferevent_disable(tc->bev, EV_READ);
+		else {
+			if (!tc->eof)
+				bufferevent_enable(tc->bev, EV_READ);
+			/* Queries read before the pause wait in the input. */
+			tc->reread = true;
+			bufferevent_trigger(tc->bev, EV_READ,
+			    BEV_TRIG_IGNORE_WATERMARKS |
+			    BEV_TRIG_DEFER_CALLBACKS);
+		}
+	}
+	if (tc->eof && !tc->paused && !tc->reread && tc->refs == 1 &&
+	    evbuffer_get_length(out) == 0)
+		tcp_client_close(tc);
+}
+
 static void
 tcp_client_unref(struct tcp_client *tc)
 {
-	if (--tc->refs > 0)
+	if (--tc->refs > 0) {
+		tcp_client_flow(tc);
 		return;
+	}
 	free(tc);
 }
 
@@ -274,8 +323,10 @@ tcp_read_cb(struct bufferevent *bev, void *arg)
 	c.tc = tc;
 	c.addr = tc->addr;
 	c.addrlen = tc->addrlen;
+	tc->reread = false;
+	tc->refs++;	/* tc outlives what its queries' answers do */
 	/* Pipelined queries (RFC 7766 6.2.1.1) are each handled at once. */
-	while (tc->bev != NULL) {
+	while (tc->bev != NULL && !tc->paused) {
 		uint8_t hdr[2];
 		size_t len;
 
@@ -287,15 +338,32 @@ tcp_read_cb(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, 2);
 		evbuffer_remove(in, msg, len);
 		handle_query(tc->l, &c, tc->allowed, msg, len);
+		tcp_client_flow(tc);
 	}
+	tcp_client_unref(tc);
+}
+
+static void
+tcp_write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	tcp_client_flow(arg);
 }
 
 static void
 tcp_event_cb(struct bufferevent *bev, short events, void *arg)
 {
+	struct tcp_client *tc = arg;
+
 	(void)bev;
-	(void)events;
-	tcp_client_close(arg);
+	if (events == (BEV_EVENT_EOF | BEV_EVENT_READING)) {
+		/* Half-closed: answer what was asked, then close. */
+		tc->eof = true;
+		bufferevent_disable(tc->bev, EV_READ);
+		tcp_client_flow(tc);
+		return;
+	}
+	tcp_client_close(tc);
 }
 
 static void
@@ -333,8 +401,11 @@ tcp_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
 		free(tc);
 		return;
 	}
-	bufferevent_setcb(tc->bev, tcp_read_cb, NULL, tcp_event_cb, tc);
-	bufferevent_set_timeouts(tc->bev, &idle, NULL);
+	bufferevent_setcb(tc->bev, tcp_read_cb, tcp_write_cb, tcp_event_cb,
+	    tc);
+	/* Answers the client does not take within the idle time: it goes. */
+	bufferevent_set_timeouts(tc->bev, &idle, &idle);
+	bufferevent_setwatermark(tc->bev, EV_WRITE, TCP_UNSENT_MAX / 2, 0);
 	bufferevent_enable(tc->bev, EV_READ);
 	TAILQ_INSERT_TAIL(&l->clients, tc, entry);
 	l->nclients++;
@@ -541,6 +612,7 @@ listener_answer(const struct client *c, uint8_t *msg, size_t len,
 			return;
 		bufferevent_write(c->tc->bev, hdr, sizeof(hdr));
 		bufferevent_write(c->tc->bev, msg, len);
+		tcp_client_flow(c->tc);
 		return;
 	}
 	udp_queue(c, msg, dnsmsg_truncate(msg, len, udp_size));

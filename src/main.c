@@ -273,6 +273,7 @@ refresh_stop(struct refresh *rf)
 struct daemon {
 	struct run_opts		 opts;
 	struct config		*cfg;
+	struct config		*boot;	/* sockets, cache, metrics, sandbox */
 	struct event_base	*base;
 	struct resolver		*r;
 	struct listener		*l;
@@ -450,12 +451,21 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 		    "stays", d->opts.conf);
 		return;
 	}
-	if (!same_listen(d->cfg, cfg))
+	/* Against what was set up at start, not the conf read last. */
+	if (!same_listen(d->boot, cfg))
 		log_warnx("reload: listen changes need a restart; the current "
 		    "sockets stay");
-	if (!same_str(d->cfg->user, cfg->user) ||
-	    !same_str(d->cfg->chroot, cfg->chroot) ||
-	    d->cfg->seccomp != cfg->seccomp)
+	if ((d->boot->metrics == NULL) != (cfg->metrics == NULL) ||
+	    (cfg->metrics != NULL && memcmp(d->boot->metrics, cfg->metrics,
+	    sizeof(*cfg->metrics)) != 0))
+		log_warnx("reload: metrics changes need a restart; the current "
+		    "socket stays");
+	if (d->boot->cache_size != cfg->cache_size)
+		log_warnx("reload: a new cache size needs a restart; the cache "
+		    "keeps %ld entries at most", d->boot->cache_size);
+	if (!same_str(d->boot->user, cfg->user) ||
+	    !same_str(d->boot->chroot, cfg->chroot) ||
+	    d->boot->seccomp != cfg->seccomp)
 		log_warnx("reload: user, chroot and seccomp changes need a "
 		    "restart");
 	if (tls_system_store_reload() != 0)
@@ -477,7 +487,8 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	d->rf->prev = d->rf->cur;
 	d->rf->cur = list;
 	d->rf->cfg = cfg;
-	config_free(d->cfg);
+	if (d->cfg != d->boot)
+		config_free(d->cfg);
 	d->cfg = cfg;
 	log_info("reloaded %s: %zu upstreams", d->opts.conf,
 	    cfg->nupstreams);
@@ -591,6 +602,7 @@ cmd_run(int argc, char **argv)
 		fatalx("cannot set up the CT log list refresh");
 	d.opts = o;
 	d.cfg = cfg;
+	d.boot = cfg;
 	d.base = base;
 	d.r = r;
 	d.l = l;
@@ -629,6 +641,8 @@ done:
 	refresh_stop(&rf);
 	sandbox_launcher_stop();
 	event_base_free(base);
+	if (d.boot != cfg)
+		config_free(d.boot);
 	config_free(cfg);
 	return rc;
 }
@@ -1073,7 +1087,12 @@ main(int argc, char **argv)
 	/* certspotter runs a -script without arguments: this name is ct-hook. */
 	if (strcmp(self, "stubborn-ct-hook") == 0)
 		return cmd_ct_hook(argc, argv);
-	if (argc > 1 && argv[1][0] == '-')
+	/* What users of other tools type first. */
+	if (strcmp(cmd, "--help") == 0)
+		cmd = "help";
+	else if (strcmp(cmd, "--version") == 0)
+		cmd = "version";
+	else if (argc > 1 && argv[1][0] == '-')
 		return cmd_run(argc, argv);
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc > 1 ? argc - 1 : argc,

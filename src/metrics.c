@@ -174,13 +174,13 @@ healthz_cb(struct evhttp_request *req, void *arg)
 {
 	struct metrics_server *ms = arg;
 	struct evbuffer *b = evbuffer_new();
-	bool ok = upstream_pool_usable(resolver_pool(ms->r));
+	bool ok = upstream_pool_healthy(resolver_pool(ms->r));
 
 	if (b == NULL) {
 		evhttp_send_error(req, HTTP_INTERNAL, NULL);
 		return;
 	}
-	evbuffer_add_printf(b, ok ? "ok\n" : "no usable upstream\n");
+	evbuffer_add_printf(b, ok ? "ok\n" : "no upstream up\n");
 	evhttp_send_reply(req, ok ? HTTP_OK : 503, ok ? "OK" :
 	    "Service Unavailable", b);
 	evbuffer_free(b);

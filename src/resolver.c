@@ -185,6 +185,7 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	 * only our own OPT, last (each client then keeps or drops it).
 	 */
 	memcpy(buf, msg, len);
+	dnsmsg_clear_aa(buf);
 	dnsmsg_clamp_ttl(buf, len, q->r->max_ttl);
 	len = dnsmsg_client_opt(buf, len, sizeof(buf), true);
 	cache_store(q->r->cache, &q->key, buf, len, now);
@@ -315,6 +316,9 @@ resolver_reload(struct resolver *r, const struct config *cfg,
 	r->pool = pool;
 	r->reloading = false;
 	r->max_ttl = (uint32_t)cfg->cache_max_ttl;
+	if (r->cache != NULL)
+		cache_set_limits(r->cache, r->max_ttl,
+		    (uint32_t)cfg->cache_serve_stale);
 	/* dispatch may answer and free q, never another query. */
 	for (q = TAILQ_FIRST(&r->queries); q != NULL; q = next) {
 		next = TAILQ_NEXT(q, entry);

@@ -251,10 +251,24 @@ upstream_pool_ct_list(const struct upstream_pool *pool)
 	return pool->ct_list;
 }
 
+static bool	usable(struct upstream *, uint64_t, bool);
+
 bool
-upstream_pool_usable(struct upstream_pool *pool)
+upstream_pool_healthy(struct upstream_pool *pool)
 {
-	return upstream_pick(pool, 0) != NULL;
+	uint64_t now = upstream_now_ms();
+	size_t i;
+
+	for (i = 0; i < pool->n; i++)
+		if (pool->ups[i].state == UPSTREAM_UP)
+			return true;
+	for (i = 0; i < pool->n; i++) {
+		struct upstream *up = &pool->ups[i];
+
+		if (up->conn == NULL && usable(up, now, false))
+			up->conn = up->ops->open(up, pool->base);
+	}
+	return false;
 }
 
 void

@@ -19,11 +19,12 @@ struct cache_key {
 	uint8_t		namelen;
 	uint16_t	qtype;
 	uint16_t	qclass;
-	uint8_t		flags;		/* CACHE_KEY_DO | CACHE_KEY_CD */
+	uint8_t		flags;		/* CACHE_KEY_* */
 	uint32_t	hash;
 };
 #define CACHE_KEY_DO	0x01
 #define CACHE_KEY_CD	0x02
+#define CACHE_KEY_NORD	0x04	/* RD clear: no recursion asked */
 
 struct cache;
 
@@ -47,6 +48,10 @@ struct cache *cache_new(size_t max_entries, uint32_t max_ttl,
 
 /* NULL is a no-op. */
 void	cache_free(struct cache *c);
+
+/* A reload's max-ttl and serve-stale; the size stays as created. */
+void	cache_set_limits(struct cache *c, uint32_t max_ttl,
+	    uint32_t serve_stale);
 
 /*
  * Ask the CPU for what storing under k will touch (its bucket, and the

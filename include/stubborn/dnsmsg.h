@@ -126,7 +126,10 @@ bool	dnsmsg_rr_first(struct dnsmsg_rr_iter *it, const uint8_t *msg,
 /* The next record into *rr; false at the end (or it->broken). */
 bool	dnsmsg_rr_next(struct dnsmsg_rr_iter *it, struct dnsmsg_rr *rr);
 
-/* Lower every TTL above max to max (OPT's is not a TTL). */
+/*
+ * Lower every TTL above max to max, and one with the top bit set to 0
+ * (RFC 2181 8); OPT's is not a TTL.
+ */
 void	dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max);
 
 #define DNSMSG_EDNS_SIZE	1232	/* what we advertise (RFC 9715) */
@@ -155,6 +158,13 @@ dnsmsg_set_id(uint8_t *msg, uint16_t id)
 {
 	msg[0] = (uint8_t)(id >> 8);
 	msg[1] = (uint8_t)id;
+}
+
+/* A forwarder and cache speaks for no zone: AA off (RFC 1035 4.1.1). */
+static inline void
+dnsmsg_clear_aa(uint8_t *msg)
+{
+	msg[2] &= (uint8_t)~0x04;
 }
 
 /*

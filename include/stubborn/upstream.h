@@ -99,8 +99,12 @@ void	upstream_pool_carry(struct upstream_pool *pool,
 size_t	upstream_pool_count(const struct upstream_pool *pool);
 struct upstream *upstream_pool_get(struct upstream_pool *pool, size_t i);
 
-/* True while some upstream may be used now (for /healthz). */
-bool	upstream_pool_usable(struct upstream_pool *pool);
+/*
+ * True while some upstream is up (for /healthz): connected and trusted,
+ * or not tried yet.  When none is, a connection is started to each one
+ * whose retry time has come, so the verdict recovers without a query.
+ */
+bool	upstream_pool_healthy(struct upstream_pool *pool);
 
 /* The CT log list in use, or NULL. */
 const struct ct_loglist *upstream_pool_ct_list(const struct upstream_pool *);

@@ -224,6 +224,7 @@ fuzz_quarantine(const uint8_t *data, size_t len)
 	struct upstream_pool *pool;
 	time_t now = time(NULL);
 	size_t i;
+	bool any_up = false;
 
 	put(quarpath, data, len);
 	pool = upstream_pool_new(base, cfg, NULL, &cbs);
@@ -232,6 +233,7 @@ fuzz_quarantine(const uint8_t *data, size_t len)
 	for (i = 0; i < upstream_pool_count(pool); i++) {
 		struct upstream *up = upstream_pool_get(pool, i);
 
+		any_up |= up->state == UPSTREAM_UP;
 		check(up->state == UPSTREAM_UP ||
 		    (up->state == UPSTREAM_QUARANTINED &&
 		    up->quarantine_until > now),
@@ -243,7 +245,8 @@ fuzz_quarantine(const uint8_t *data, size_t len)
 			check(upstream_pick(pool, ~((uint64_t)1 << i)) == NULL,
 			    "a quarantined upstream was picked");
 	}
-	(void)upstream_pool_usable(pool);
+	/* Every other one is quarantined: nothing for health to reconnect. */
+	check(upstream_pool_healthy(pool) == any_up, "health verdict");
 	upstream_pool_free(pool);
 }
 

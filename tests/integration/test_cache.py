@@ -6,6 +6,7 @@ SERVFAIL kept at all.  Concurrent identical questions share one upstream
 query; an expired answer may be served stale (RFC 8767) only when asked to."""
 
 import random
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 import clients
@@ -88,7 +90,7 @@ def test_repeat_comes_from_cache_with_own_id_spelling_and_countdown(upstream, st
     assert _seen(u) == 1, u.queries()
 
 
-def test_cache_key_separates_type_do_and_cd(upstream, stubborn):
+def test_cache_key_separates_type_do_cd_and_rd(upstream, stubborn):
     u = upstream("first")
     s = stubborn([u.spec()])
     name = servers.zone_name(6)
@@ -99,30 +101,40 @@ def test_cache_key_separates_type_do_and_cd(upstream, stubborn):
         do = slow.query(name, "A", want_dnssec=True)
         cd = slow.query(name, "A")
         cd.flags |= dns.flags.CD
+        norec = slow.query(name, "A")
+        norec.flags &= ~dns.flags.RD
         return [("A", "A", plain), ("AAAA", "AAAA", aaaa), ("A+DO", "A", do),
-                ("A+CD", "A", cd)]
+                ("A+CD", "A", cd), ("A-RD", "A", norec)]
+
+    def rd_echoed(q, r, label):
+        # RFC 1035 4.1.1: RD is copied from the query.  The upstream's
+        # zone answers are authoritative there, not here.
+        assert r.flags & dns.flags.RD == q.flags & dns.flags.RD, label
+        assert not r.flags & dns.flags.AA, label
 
     for label, rdtype, q in variants():
         raw, r = slow.exchange(s.port, q)
         _noerror(r)
         assert r.id == q.id, label
+        rd_echoed(q, r, label)
         want = servers.zone_aaaa(6) if rdtype == "AAAA" else servers.zone_a(6)
         assert clients.answer_strings(r, rdtype) == [want], label
-    assert _seen(u) == 4, u.queries()
+    assert _seen(u) == 5, u.queries()
 
-    # The same four again, spelled differently: all four are cached.
+    # The same five again, spelled differently: all five are cached.
     for label, rdtype, q in variants():
         q.question[0].name = dns.name.from_text(name.upper())
         raw, r = slow.exchange(s.port, q)
         _noerror(r)
         assert r.id == q.id, label
+        rd_echoed(q, r, label)
         assert slow.question_bytes(raw) == slow.question_bytes(q.to_wire()), label
     # EDNS without DO is not part of the key: the plain A entry answers.
     q = slow.query(name, "A", use_edns=0, payload=1232)
     raw, r = slow.exchange(s.port, q)
     _noerror(r)
     assert clients.answer_strings(r, "A") == [servers.zone_a(6)]
-    assert _seen(u) == 4, u.queries()
+    assert _seen(u) == 5, u.queries()
 
 
 def _ask_negative(port, name, rdtype, rcode):
@@ -190,6 +202,52 @@ def test_negative_ttl_is_the_smaller_of_soa_ttl_and_minimum(hostile, stubborn):
     round_()
     slow.settle(lambda: len(h.queries()))
     assert {n: count(n) for n in plan} == {n: 2 for n in plan}, h.queries()
+
+
+def test_lifetime_is_the_smallest_ttl_of_every_section(hostile, stubborn):
+    # An answer whose additional record dies first is kept only that
+    # long, not served on with a dead record; and a TTL with the top bit
+    # set means 0 (RFC 2181 8): passed on as 0 and not cached.
+    short = 2
+
+    def make(query):
+        qname = query.question[0].name
+        r = dns.message.make_response(query)
+        r.answer.append(dns.rrset.from_text(qname, 1000, "IN", "A", "192.0.2.1"))
+        if qname.to_text().lower().startswith("extra."):
+            r.additional.append(dns.rrset.from_text(
+                "x.hostile.test.", short, "IN", "A", "192.0.2.11"))
+            return r.to_wire()
+        wire = bytearray(r.to_wire())
+        # The answer's owner is a pointer: its TTL follows type and class.
+        ttl_at = 12 + len(qname.to_wire()) + 4 + 2 + 4
+        wire[ttl_at:ttl_at + 4] = struct.pack("!I", 2**31 + 5)
+        return bytes(wire)
+
+    h = hostile(slow.Answer(make))
+    s = stubborn([h.spec()])
+
+    def count(name):
+        return sum(1 for q in h.queries() if q[2].lower() == name)
+
+    def ask(name):
+        raw, r = slow.exchange(s.port, slow.query(name, "A"))
+        _noerror(r)
+        return r
+
+    for _ in range(2):
+        ask("extra.hostile.test.")
+    t0 = time.monotonic()
+    r = ask("top.hostile.test.")
+    assert [rrset.ttl for rrset in r.answer] == [0], r.to_text()
+    ask("top.hostile.test.")
+    slow.settle(lambda: len(h.queries()))
+    assert count("extra.hostile.test.") == 1, h.queries()
+    assert count("top.hostile.test.") == 2, h.queries()
+    time.sleep(max(0.0, t0 + short + 1.5 - time.monotonic()))
+    ask("extra.hostile.test.")
+    slow.settle(lambda: len(h.queries()))
+    assert count("extra.hostile.test.") == 2, h.queries()
 
 
 class FailUntilTold(hostile_mod.Script):

@@ -135,6 +135,23 @@ def test_missing_conf_file_is_an_input_error(stubborn_bin, tmp_path):
     assert "absent.conf" in p.stderr
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_directory_as_conf_file_is_an_input_error(stubborn_bin, tmp_path, command):
+    # Not an empty conf, which would send queries to the built-in upstreams.
+    cmd = [stubborn_bin, command, "-c", str(tmp_path)] + (["-f"] if command == "run" else [])
+    p = _run(cmd)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"{tmp_path}: Is a directory" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("flag,word", [("--help", "usage: stubborn"),
+                                       ("--version", "stubborn ")])
+def test_help_and_version_as_options(stubborn_bin, flag, word):
+    p = _run([stubborn_bin, flag])
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout.startswith(word), p.stdout
+
+
 def _pins_printed(stdout):
     return re.findall(r"^\s*pin = (sha256/[A-Za-z0-9+/=]+)\s*$", stdout, re.M)
 

@@ -732,6 +732,20 @@ def test_idle_connection_is_pinged_and_kept(hostile_h2, stubborn):
     assert {r.conn for r in h.requests()} == {1}
 
 
+def test_idle_connection_is_closed_after_30_s(hostile_h2, stubborn):
+    h = hostile_h2(Script())
+    s = stubborn([h.spec()], verbose=True)
+    assert _who(s.port, "last")[0] == HOSTILE_TXT
+    t0 = time.monotonic()
+    closed = re.compile(r"closing idle connection")
+    assert slow.wait_until(lambda: closed.search(s.log_text()), 36.0, step=0.2), \
+        "still open 36 s after the last answer"
+    elapsed = time.monotonic() - t0
+    # Pinged at 10 and 20 s, closed at 30 (the README's contract).
+    assert 27.0 < elapsed < 34.0, f"closed after {elapsed:.1f}s"
+    assert h.pings >= 2
+
+
 # ------------------------------------------------------------ mixed pool
 
 def test_mixed_pool_falls_back_to_dot_and_returns_to_doh(upstream, stubborn):

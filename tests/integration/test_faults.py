@@ -10,6 +10,7 @@ import datetime
 import re
 import resource
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,13 @@ RSS_LIMIT_SANITIZER_KIB = RSS_LIMIT_KIB + 256 * 1024
 # assertion on time rather than the client's timeout.
 ANSWER_WITHIN = 4.0
 SLOW_CLIENT = 6.0
+# A TCP client is closed after this many seconds without progress.
+TCP_IDLE = 10
+# The never-reading client: how much it may send, and the most its
+# unsent answers and unread queries may cost stubborn (the bound is
+# 128 KiB of answers and 256 queries; the rest is allocator slack).
+NEVER_READS_QUERIES = 20000
+NEVER_READS_GROWTH_KIB = 8 * 1024
 
 # The scripted servers' own answer to who.zone.test TXT.
 HOSTILE_TXT = ["hostile"]
@@ -115,6 +123,73 @@ def test_stalled_tls_handshake_fails_over(stall_server, silent_upstream, upstrea
     print(f"\nhandshake given up after {time.monotonic() - t0:.1f}s")
     assert s.alive()
     _memory_ok(s, f"stalled handshake ({kind})")
+
+
+def _unread_by_server(server_port, client_port):
+    """Bytes waiting in the receive queue of stubborn's end of a loopback
+    TCP connection (/proc/net/tcp: local port, remote port, rx_queue)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (int(local.split(":")[1], 16) == server_port and
+                    int(remote.split(":")[1], 16) == client_port):
+                return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+def test_tcp_client_that_never_reads_is_held_to_a_bounded_share(upstream, stubborn):
+    # A client that pipelines queries for a big answer and never reads
+    # one: stubborn stops reading from it once enough answers are due
+    # (the client's writes then block), its memory does not follow the
+    # client's sending, other clients are answered, and the connection
+    # is closed once its answers have gone nowhere for the idle time.
+    s = stubborn([upstream("first").spec()])
+    clients.ask(s.port, servers.BIG, "TXT", tcp=True)
+    w = dns.message.make_query(servers.BIG, "TXT").to_wire()
+    burst = (struct.pack("!H", len(w)) + w) * 50
+    rss0, _ = faults.memory_kib(s.proc.pid)
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", s.port))
+        c.settimeout(2.0)
+        sent, until = 0, time.monotonic() + 10
+        while sent < NEVER_READS_QUERIES and time.monotonic() < until:
+            try:
+                c.sendall(burst)
+            except socket.timeout:
+                break	# the kernel's buffers are full too
+            sent += 50
+        # What stubborn did not read waits in its socket.
+        port = c.getsockname()[1]
+        assert slow.wait_until(lambda: _unread_by_server(s.port, port) > 64 * 1024), \
+            "stubborn read every query"
+        rss1, _ = faults.memory_kib(s.proc.pid)
+        print(f"\n{sent} queries sent, {_unread_by_server(s.port, port)} bytes "
+              f"unread; VmRSS {rss0} -> {rss1} KiB")
+        if not faults.sanitizer_build(s.binary):
+            assert rss1 - rss0 < NEVER_READS_GROWTH_KIB, (rss0, rss1)
+        for i in range(3):
+            answers, _ = _who(s.port, f"reader{i}", tcp=bool(i % 2))
+            assert answers == ["first"]
+        # Nothing read for longer than the idle time: the server has gone.
+        time.sleep(TCP_IDLE + 1.5)
+        c.settimeout(5.0)
+        closed = False
+        try:
+            while c.recv(65536):
+                pass
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        except socket.timeout:
+            pass
+        assert closed, "the connection is still open"
+    finally:
+        c.close()
+    assert s.alive()
+    _memory_ok(s, "a client that never reads")
 
 
 # --------------------------------------------- 2. broken framing, slowloris

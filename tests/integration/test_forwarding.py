@@ -203,6 +203,35 @@ def test_pipelined_queries_on_one_tcp_connection(resolver):
     assert not queries
 
 
+def test_half_closed_tcp_client_gets_every_answer(resolver):
+    # RFC 7766 6.2.1: a client may send its queries, then shut down its
+    # side.  Every answer still comes, the cached one and the ones the
+    # upstream is still working on, and then the server closes.
+    cached = 260
+    clients.ask(resolver.port, zone_name(cached), "A", tcp=True)
+    queries = {}
+    wire = b""
+    for qid, i in enumerate([cached, 261, 262, 263], start=2000):
+        q = dns.message.make_query(zone_name(i), "A")
+        q.id = qid
+        queries[qid] = i
+        w = q.to_wire()
+        wire += struct.pack("!H", len(w)) + w
+    with socket.create_connection(("127.0.0.1", resolver.port), timeout=10) as s:
+        s.sendall(wire)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65535):
+            data += chunk
+    while data:
+        length = struct.unpack("!H", data[:2])[0]
+        r = dns.message.from_wire(data[2:2 + length])
+        data = data[2 + length:]
+        assert r.id in queries, r.id
+        assert clients.answer_strings(r, "A") == [zone_a(queries.pop(r.id))]
+    assert not queries, f"no answer to {sorted(queries)}"
+
+
 def test_ipv6_listener(resolver, ipv6, kdig_bin):
     if not ipv6:
         pytest.skip("::1 is not usable on this machine")

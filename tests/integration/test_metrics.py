@@ -15,6 +15,7 @@ import pytest
 
 import clients
 import servers
+import slow
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -306,6 +307,29 @@ def test_healthz_503_once_the_only_upstream_is_quarantined(upstream, stubborn, c
     assert m("stubborn_servfail_total") == 1
     # Still 503 on a second look: the verdict is the state, not an event.
     assert _get(mport, "/healthz")[0] == 503
+
+
+def test_healthz_503_while_no_upstream_is_up_and_200_again_without_a_query(
+        upstream, stubborn):
+    good = upstream("good", "good")
+    good.stop()     # nothing listens on its port for now
+    s, mport = _metrics_stubborn(stubborn, [good.spec()])
+    # Not tried yet: nothing says it is down.
+    assert _get(mport, "/healthz")[0] == 200
+
+    q, r = clients.ask(s.port, servers.zone_name(1), "A")
+    assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+    status, _, body = _get(mport, "/healthz")
+    assert (status, body) == (503, "no upstream up\n")
+    assert _scrape(mport)("stubborn_upstream_state", upstream="good", state="down") == 1
+
+    # Back: the health checks themselves reconnect once its backoff is over.
+    good.start()
+    assert slow.wait_until(lambda: _get(mport, "/healthz")[0] == 200, timeout=10.0), \
+        s.log_text()
+    assert good.queries_seen() == 0, good.queries()
+    assert _scrape(mport)("stubborn_upstream_state", upstream="good", state="up") == 1
+    _a(s.port, 2)
 
 
 def test_refused_client_is_counted(upstream, stubborn):

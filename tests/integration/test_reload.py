@@ -5,8 +5,10 @@ old conf keeps running untouched."""
 
 import re
 import signal
+import socket
 
 import dns.rcode
+import pytest
 
 import clients
 import servers
@@ -176,3 +178,30 @@ def test_allow_tightened_by_reload_refuses(upstream, stubborn, certs, ipv6):
     assert slow.settle(first.queries_seen) == seen, first.queries()
     # Refusal by the new list, not a listener that stopped answering.
     assert _who(s.port, "allowed", source="127.0.0.2") == ["first"]
+
+
+def test_restart_only_changes_are_named_and_their_undoing_is_not(upstream, stubborn,
+                                                                  certs, ipv6):
+    first = upstream("first")
+    s = stubborn([first.spec()])
+    spec = [first.spec()]
+    restart = re.compile(r"reload: .*need.* a restart")
+    other = servers.free_port(["127.0.0.1"])
+
+    s.conf.write_text(_conf_text(s, spec, certs, ipv6, cache_extra=["size = 5"],
+                                 server_extra=[f"listen = 127.0.0.1:{other}",
+                                               f"metrics = 127.0.0.1:{other}"]))
+    text = _reload_ok(s)
+    said = restart.findall(text)
+    assert len(said) == 3, text
+    for what in ("listen", "metrics", "cache size"):
+        assert what in text, (what, text)
+    # Not taken up: nothing listens on the new port.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", other), timeout=2).close()
+
+    # Back to the conf it started with: nothing needs a restart any more.
+    s.conf.write_text(_conf_text(s, spec, certs, ipv6))
+    text = _reload_ok(s)
+    assert not restart.search(text), text
+    assert _who(s.port, "after") == ["first"]

@@ -107,13 +107,19 @@ key_ignores_case_not_bits(void **state)
 	assert_int_equal(cache_key_make(a, la, false, &ka), 0);
 	assert_int_equal(cache_key_make(b, lb, false, &kb), 0);
 	assert_true(cache_key_equal(&ka, &kb));
-	/* DO and CD make another key. */
+	/* DO, CD and RD make another key. */
 	assert_int_equal(cache_key_make(b, lb, true, &kb), 0);
 	assert_false(cache_key_equal(&ka, &kb));
 	b[3] |= 0x10;
 	assert_int_equal(cache_key_make(b, lb, false, &kb), 0);
 	assert_false(cache_key_equal(&ka, &kb));
 	b[3] &= (uint8_t)~0x10;
+	b[2] ^= 0x01;
+	assert_int_equal(cache_key_make(b, lb, false, &kb), 0);
+	assert_false(cache_key_equal(&ka, &kb));
+	b[2] ^= 0x01;
+	assert_int_equal(cache_key_make(b, lb, false, &kb), 0);
+	assert_true(cache_key_equal(&ka, &kb));
 	b[lb - 3] = 28;	/* AAAA */
 	assert_int_equal(cache_key_make(b, lb, false, &kb), 0);
 	assert_false(cache_key_equal(&ka, &kb));

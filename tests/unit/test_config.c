@@ -251,6 +251,65 @@ bad_files(void **state)
 	    "notice, info or debug, not 'loud'");
 	rejects("bad-sandbox.conf", 4,
 	    "chroot must be an absolute path, not 'var/empty'");
+	rejects("bad-range.conf", 2, "'10000001' is above 10000000");
+	rejects("bad-range.conf", 3, "'2147483648' is above 2147483647");
+	rejects("bad-range.conf", 4, "'70000d' is above 2147483647");
+	/* An indented line is not the value before it, going on. */
+	rejects("bad-indent.conf", 4, "syntax error");
+}
+
+/* A bad url or address is one error, not also a missing one. */
+static void
+no_cascade(void **state)
+{
+	char *errs = NULL;
+	struct config *cfg;
+
+	(void)state;
+	cfg = load("bad-url.conf", &errs);
+	assert_null(cfg);
+	assert_non_null(strstr(errs, "bad-url.conf:3: "));
+	assert_null(strstr(errs, "has no url"));
+	free(errs);
+	errs = NULL;
+	cfg = load("bad-many.conf", &errs);
+	assert_null(cfg);
+	/* b's address was bad; a url it never had. */
+	assert_non_null(strstr(errs, "upstream 'b' has no url"));
+	assert_null(strstr(errs, "has no address"));
+	free(errs);
+}
+
+static void
+indented_lines(void **state)
+{
+	char *errs = NULL;
+	struct config *cfg = load("indented.conf", &errs);
+
+	(void)state;
+	if (cfg == NULL)
+		fail_msg("indented.conf rejected:\n%s", errs);
+	assert_int_equal(cfg->cache_size, 100);
+	assert_int_equal(cfg->cache_max_ttl, 50);
+	assert_int_equal(cfg->nallow, 1);
+	config_free(cfg);
+	free(errs);
+}
+
+static void
+directory_is_no_file(void **state)
+{
+	char *errs = NULL;
+	size_t len;
+	FILE *fp = open_memstream(&errs, &len);
+	struct config *cfg;
+
+	(void)state;
+	cfg = config_load(TEST_DATA, true, fp);
+	fclose(fp);
+	assert_null(cfg);
+	assert_non_null(strstr(errs, "Is a directory"));
+	free(errs);
 }
 
 int
@@ -263,6 +322,9 @@ main(void)
 		cmocka_unit_test(good_file),
 		cmocka_unit_test(defaults),
 		cmocka_unit_test(bad_files),
+		cmocka_unit_test(no_cascade),
+		cmocka_unit_test(indented_lines),
+		cmocka_unit_test(directory_is_no_file),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

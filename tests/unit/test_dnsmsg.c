@@ -188,6 +188,41 @@ parse_rejects(void **state)
 	assert_int_equal(dnsmsg_parse_query(m, 2 * sizeof(query_opt) -
 	    sizeof(query_a), &info), DNSMSG_FORMERR);
 
+	/* The OPT in the answer or authority section. */
+	memcpy(m, query_opt, sizeof(query_opt));
+	m[11] = 0;
+	m[7] = 1;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_FORMERR);
+	m[7] = 0;
+	m[9] = 1;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_FORMERR);
+
+	/* An OPT owned by another name than the root. */
+	i = sizeof(query_a);
+	memcpy(m, query_opt, i);
+	m[i] = 1;
+	m[i + 1] = 'x';
+	m[i + 2] = 0;
+	memcpy(m + i + 3, query_opt + i + 1, sizeof(query_opt) - i - 1);
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt) + 2, &info),
+	    DNSMSG_FORMERR);
+
+	/* Options: a length past the RDATA, a header cut short; whole ones. */
+	memcpy(m, query_opt, sizeof(query_opt));
+	m[sizeof(query_opt) - 1] = 8;
+	memcpy(m + sizeof(query_opt), "\x00\x0a\x00\x20xxxx", 8);
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt) + 8, &info),
+	    DNSMSG_FORMERR);
+	m[sizeof(query_opt) - 1] = 3;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt) + 3, &info),
+	    DNSMSG_FORMERR);
+	m[sizeof(query_opt) - 1] = 8;
+	m[sizeof(query_opt) + 3] = 4;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt) + 8, &info),
+	    DNSMSG_OK);
+
 	/* A name of more than 255 bytes. */
 	memset(m, 0, sizeof(m));
 	memcpy(m, query_a, 12);
@@ -412,13 +447,21 @@ ttl_clamp_and_truncation_keep_opt(void **state)
 	struct dnsmsg_rr_iter it;
 	struct dnsmsg_rr rr;
 
+	size_t top = 0;
+
 	(void)state;
 	n = dnsmsg_client_opt(m, n, sizeof(m), true);
+	/* The first record's TTL with the top bit set: it means 0. */
+	assert_true(dnsmsg_rr_first(&it, m, n));
+	assert_true(dnsmsg_rr_next(&it, &rr));
+	top = rr.start;
+	m[rr.type_off + 4] = 0x80;
+	m[rr.type_off + 7] = 5;
 	dnsmsg_clamp_ttl(m, n, 10);
 	assert_true(dnsmsg_rr_first(&it, m, n));
 	while (dnsmsg_rr_next(&it, &rr))
 		if (rr.type != 41)
-			assert_int_equal(rr.ttl, 10);
+			assert_int_equal(rr.ttl, rr.start == top ? 0 : 10);
 	/* Truncated for a small buffer: question and OPT stay. */
 	n = dnsmsg_truncate(m, n, sizeof(query_a) + 11);
 	assert_int_equal(n, sizeof(query_a) + 11);
