@@ -939,7 +939,7 @@ conf_reader(char *str, int num, void *stream)
 	size_t len;
 
 	if (fgets(str, num, ctx->fp) == NULL) {
-		ctx->read_errno = ferror(ctx->fp) ? errno : 0;
+		ctx->read_errno = !ferror(ctx->fp) ? 0 : errno ? errno : EIO;
 		return NULL;
 	}
 	ctx->line++;

@@ -37,6 +37,9 @@
  */
 #define TCP_INFLIGHT_MAX	256
 #define TCP_UNSENT_MAX		(128 * 1024)
+/* Reading resumes below these, not at once: no pause per answer. */
+#define TCP_INFLIGHT_RESUME	(TCP_INFLIGHT_MAX * 3 / 4)
+#define TCP_UNSENT_RESUME	(TCP_UNSENT_MAX / 2)
 #define TCP_BACKLOG		128
 
 struct tcp_client {
@@ -49,6 +52,7 @@ struct tcp_client {
 	bool			 paused;	/* not reading: too much due */
 	bool			 eof;		/* the client sends no more */
 	bool			 reread;	/* queries left in the input */
+	bool			 in_read;	/* tcp_read_cb holds a ref */
 	int			 refs;	/* the listener's + one per query */
 };
 
@@ -68,6 +72,7 @@ struct listener {
 	size_t			 ntcp;
 	TAILQ_HEAD(, tcp_client) clients;
 	size_t			 nclients;
+	bool			 stopped;	/* no query is read any more */
 	uint64_t		 full_logged;
 };
 
@@ -260,14 +265,19 @@ static void
 tcp_client_flow(struct tcp_client *tc)
 {
 	struct evbuffer *out;
+	size_t unsent;
+	int inflight;
 	bool full;
 
 	if (tc->bev == NULL)
 		return;
 	out = bufferevent_get_output(tc->bev);
-	full = tc->refs - 1 >= TCP_INFLIGHT_MAX ||
-	    evbuffer_get_length(out) >= TCP_UNSENT_MAX;
-	if (full != tc->paused) {
+	unsent = evbuffer_get_length(out);
+	inflight = tc->refs - 1 - tc->in_read;
+	full = tc->paused ?
+	    inflight >= TCP_INFLIGHT_RESUME || unsent > TCP_UNSENT_RESUME :
+	    inflight >= TCP_INFLIGHT_MAX || unsent >= TCP_UNSENT_MAX;
+	if (full != tc->paused && !tc->l->stopped) {
 		tc->paused = full;
 		if (full)
 			bufferevent_disable(tc->bev, EV_READ);
@@ -282,7 +292,7 @@ tcp_client_flow(struct tcp_client *tc)
 		}
 	}
 	if (tc->eof && !tc->paused && !tc->reread && tc->refs == 1 &&
-	    evbuffer_get_length(out) == 0)
+	    unsent == 0)
 		tcp_client_close(tc);
 }
 
@@ -324,7 +334,10 @@ tcp_read_cb(struct bufferevent *bev, void *arg)
 	c.addr = tc->addr;
 	c.addrlen = tc->addrlen;
 	tc->reread = false;
+	if (tc->l->stopped)
+		return;
 	tc->refs++;	/* tc outlives what its queries' answers do */
+	tc->in_read = true;
 	/* Pipelined queries (RFC 7766 6.2.1.1) are each handled at once. */
 	while (tc->bev != NULL && !tc->paused) {
 		uint8_t hdr[2];
@@ -340,6 +353,7 @@ tcp_read_cb(struct bufferevent *bev, void *arg)
 		handle_query(tc->l, &c, tc->allowed, msg, len);
 		tcp_client_flow(tc);
 	}
+	tc->in_read = false;
 	tcp_client_unref(tc);
 }
 
@@ -556,10 +570,16 @@ listener_stop(struct listener *l)
 {
 	size_t i;
 
+	struct tcp_client *tc;
+
+	l->stopped = true;
 	for (i = 0; i < l->nudp; i++)
 		event_del(l->udp[i]->ev);
 	for (i = 0; i < l->ntcp; i++)
 		evconnlistener_disable(l->tcp[i]);
+	/* Connected clients too: the resolver may be gone before they are. */
+	TAILQ_FOREACH(tc, &l->clients, entry)
+		bufferevent_disable(tc->bev, EV_READ);
 }
 
 bool

@@ -469,6 +469,12 @@ upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
 	up->rtt_ms = up->rtt_ms == 0 ? (unsigned)rtt_ms :
 	    (unsigned)((7ULL * up->rtt_ms + rtt_ms) / 8);
 	up->timeouts = 0;
+	/* Down for bad answers on a connection that stayed: it answers again. */
+	if (up->state == UPSTREAM_DOWN) {
+		log_info("upstream %s: up", up->conf->name);
+		up->state = UPSTREAM_UP;
+		up->backoff_sec = 0;
+	}
 }
 
 void

@@ -48,6 +48,8 @@ TCP_IDLE = 10
 # 128 KiB of answers and 256 queries; the rest is allocator slack).
 NEVER_READS_QUERIES = 20000
 NEVER_READS_GROWTH_KIB = 8 * 1024
+# Above the 256 a TCP connection may have unanswered.
+PAUSED_QUERIES = 300
 
 # The scripted servers' own answer to who.zone.test TXT.
 HOSTILE_TXT = ["hostile"]
@@ -190,6 +192,23 @@ def test_tcp_client_that_never_reads_is_held_to_a_bounded_share(upstream, stubbo
         c.close()
     assert s.alive()
     _memory_ok(s, "a client that never reads")
+
+
+def test_shutdown_with_a_paused_tcp_client_exits_cleanly(silent_upstream, stubborn):
+    # More pipelined questions than a connection may have unanswered, to
+    # an upstream that never answers: stubborn stops reading with some
+    # still in the input.  SIGTERM then fails the rest; the client must not
+    # be read again after the resolver is gone (a sanitizer build sees it).
+    s = stubborn([silent_upstream("first")])
+    wire = b""
+    for i in range(PAUSED_QUERIES):
+        w = dns.message.make_query(f"paused{i}.zone.test", "A").to_wire()
+        wire += struct.pack("!H", len(w)) + w
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(wire)
+        time.sleep(0.5)
+        status, hung = s.stop()
+    assert not hung and status == 0, (status, hung, s.log_text()[-2000:])
 
 
 # --------------------------------------------- 2. broken framing, slowloris

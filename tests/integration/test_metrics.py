@@ -332,6 +332,41 @@ def test_healthz_503_while_no_upstream_is_up_and_200_again_without_a_query(
     _a(s.port, 2)
 
 
+class FailFirst:
+    """A DoH server whose first `n` answers are HTTP 500, the rest right."""
+
+    def __init__(self, n):
+        self.left = n
+
+    def on_request(self, conn, req):
+        if self.left > 0:
+            self.left -= 1
+            conn.respond(req, b"", status=500)
+        else:
+            conn.answer(req)
+
+    def on_idle(self, conn):
+        pass
+
+
+def test_healthz_200_again_once_a_down_upstream_answers_on_its_connection(
+        hostile_h2, stubborn):
+    # Three bad answers mark it down while its connection stays open; the
+    # next good answer on that connection brings it, and the verdict, back.
+    h = hostile_h2(FailFirst(3))
+    s, mport = _metrics_stubborn(stubborn, [h.spec()])
+    for i in range(3):
+        q, r = clients.ask(s.port, servers.zone_name(i), "A")
+        assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+    assert _get(mport, "/healthz")[0] == 503
+    q, r = clients.ask(s.port, servers.zone_name(3), "A")
+    assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+    assert _get(mport, "/healthz")[0] == 200
+    assert _scrape(mport)("stubborn_upstream_state", upstream=h.spec().name,
+                          state="up") == 1
+    assert h.connections == 1
+
+
 def test_refused_client_is_counted(upstream, stubborn):
     good = upstream("good", "good")
     s, mport = _metrics_stubborn(stubborn, [good.spec()], allow="127.0.0.2/32")
