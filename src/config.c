@@ -355,6 +355,8 @@ check_hostname(const char *h)
 		if (++label > 63)
 			return "hostname has a label longer than 63";
 	}
+	if (label == 0)
+		return "hostname has an empty label";	/* "a.b.." */
 	if (!alpha)
 		return "URL needs a hostname, not an IP address "
 		    "(put the address in 'address =')";
@@ -746,7 +748,9 @@ p_ct_max_list_age(struct parse_ctx *ctx, const char *v)
 static const char *
 p_quarantine(struct parse_ctx *ctx, const char *v)
 {
-	return parse_duration(ctx, v, &ctx->cfg->quarantine);
+	/* A century is "for good"; more would overflow the clock's sum. */
+	return at_most(ctx, parse_duration(ctx, v, &ctx->cfg->quarantine), v,
+	    &ctx->cfg->quarantine, CONFIG_QUARANTINE_MAX);
 }
 
 static const char *

@@ -120,17 +120,48 @@ command_conf(int argc, char **argv, struct run_opts *o, bool env_conf)
 	return config_load(o->conf, o->conf_given, stderr);
 }
 
+static bool		 ct_wanted(const struct config *);
+static struct ct_loglist *load_ct_list(const struct config *);
+
+/*
+ * What run would refuse at start is an error here too (a trust store that
+ * does not load); what it would run without is a warning (no usable CT
+ * log list: no CT check until one is installed).
+ */
 static int
 cmd_check_config(int argc, char **argv)
 {
 	struct run_opts o = { 0 };
 	struct config *cfg;
+	struct ct_loglist *list;
+	int rc = 0;
+	size_t i;
 
 	if ((cfg = command_conf(argc, argv, &o, false)) == NULL)
 		return EXIT_USAGE;
-	config_print(cfg, stdout);
+	for (i = 0; i < cfg->nupstreams; i++) {
+		const struct upstream_conf *uc = &cfg->upstreams[i];
+		const char *ca = uc->ca_file ? uc->ca_file : cfg->ca_file;
+		SSL_CTX *ctx = tls_ctx_new(ca);
+
+		if (ctx == NULL) {
+			log_warnx("upstream %s: cannot load its trust store "
+			    "(%s)", uc->name, ca ? ca : "the system store");
+			rc = EXIT_USAGE;
+		}
+		SSL_CTX_free(ctx);
+	}
+	if (ct_wanted(cfg)) {
+		if ((list = load_ct_list(cfg)) == NULL)
+			log_warnx("no usable CT log list (%s): certificates "
+			    "will not be checked for CT until one is installed",
+			    cfg->ct_log_list ? cfg->ct_log_list : "none set");
+		ct_loglist_free(list);
+	}
+	if (rc == 0)
+		config_print(cfg, stdout);
 	config_free(cfg);
-	return 0;
+	return rc;
 }
 
 /* True when some upstream runs the CT step. */
@@ -839,7 +870,8 @@ parse_time_arg(const char *s, int64_t *ms)
 		return 0;
 	errno = 0;
 	v = strtoll(s, &ep, 10);
-	if (errno || ep == s || *ep != '\0' || v < 0)
+	/* Up to the end of year 9999, the last a certificate can name. */
+	if (errno || ep == s || *ep != '\0' || v < 0 || v > 253402300799LL)
 		return -1;
 	*ms = (int64_t)v * 1000;
 	return 0;
@@ -880,6 +912,42 @@ name_line(X509 *x)
 	return X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
 }
 
+/*
+ * The chain verified as a handshake verifies it: the host on the
+ * parameters (so a wrong name is found before an expired certificate, as
+ * there) and the TLS security level (weak keys, SHA-1).  *err gets the
+ * first error, X509_V_OK when none; -1 when it could not run.
+ */
+static int
+gate_verify(X509_STORE *store, STACK_OF(X509) *chain, const char *host,
+    int level, int64_t at_ms, int *err)
+{
+	X509_STORE_CTX *xctx = X509_STORE_CTX_new();
+	X509_VERIFY_PARAM *param;
+
+	if (xctx == NULL || X509_STORE_CTX_init(xctx, store,
+	    sk_X509_value(chain, 0), chain) != 1) {
+		X509_STORE_CTX_free(xctx);
+		return -1;
+	}
+	X509_STORE_CTX_set_default(xctx, "ssl_server");
+	param = X509_STORE_CTX_get0_param(xctx);
+	X509_VERIFY_PARAM_set_time(param, (time_t)(at_ms / 1000));
+	X509_VERIFY_PARAM_set_auth_level(param, level);
+	X509_VERIFY_PARAM_set_hostflags(param,
+	    X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+	    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+	if (X509_VERIFY_PARAM_set1_host(param, host, 0) != 1) {
+		X509_STORE_CTX_free(xctx);
+		return -1;
+	}
+	*err = X509_verify_cert(xctx) == 1 ? X509_V_OK :
+	    X509_STORE_CTX_get_error(xctx);
+	X509_STORE_CTX_free(xctx);
+	ERR_clear_error();
+	return 0;
+}
+
 static int
 cmd_check_cert(int argc, char **argv)
 {
@@ -907,8 +975,9 @@ cmd_check_cert(int argc, char **argv)
 	X509_STORE_CTX *xctx = NULL;
 	X509 *leaf, *issuer = NULL;
 	STACK_OF(SCT) *scts = NULL;
-	char *subj;
-	int ch, rc = EXIT_USAGE, err;
+	SSL_CTX *sslctx = NULL;
+	char *subj, *hostbuf = NULL;
+	int ch, rc = EXIT_USAGE, err, level, gate_err = X509_V_OK;
 
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -967,11 +1036,18 @@ cmd_check_cert(int argc, char **argv)
 			goto done;
 		}
 	}
-	if (optind != argc || chain_path == NULL || host == NULL) {
+	if (optind != argc || chain_path == NULL || host == NULL ||
+	    *host == '\0') {
 		fprintf(stderr, "stubborn: check-cert needs --chain and "
 		    "--host\n");
 		goto done;
 	}
+	/* As in a conf url: one trailing dot names the same host. */
+	if ((hostbuf = strdup(host)) == NULL)
+		goto done;
+	if (strlen(hostbuf) > 1 && hostbuf[strlen(hostbuf) - 1] == '.')
+		hostbuf[strlen(hostbuf) - 1] = '\0';
+	host = hostbuf;
 	if ((chain = read_chain(chain_path)) == NULL)
 		goto done;
 	if (list_path != NULL &&
@@ -989,11 +1065,19 @@ cmd_check_cert(int argc, char **argv)
 		log_crypto(ca_file ? ca_file : "the system trust store");
 		goto done;
 	}
+	/* The TLS security level the daemon's handshakes would apply. */
+	if ((sslctx = SSL_CTX_new(TLS_client_method())) == NULL)
+		goto done;
+	level = SSL_CTX_get_security_level(sslctx);
+	if (gate_verify(store, chain, host, level, at_ms, &gate_err) != 0)
+		goto done;
 	if (X509_STORE_CTX_init(xctx, store, leaf, chain) != 1)
 		goto done;
 	X509_STORE_CTX_set_default(xctx, "ssl_server");
 	X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(xctx),
 	    (time_t)(at_ms / 1000));
+	X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(xctx),
+	    level);
 	rc = EXIT_CHECK_FAILED;
 	subj = name_line(leaf);
 	printf("certificate: %s\n", subj ? subj : "?");
@@ -1009,9 +1093,12 @@ cmd_check_cert(int argc, char **argv)
 		printf("chain: FAIL (depth %d: %s)\n",
 		    X509_STORE_CTX_get_error_depth(xctx),
 		    X509_verify_cert_error_string(err));
-		failed = "chain";
 	}
 	ERR_clear_error();
+	/* The first failure the handshake's verification meets names it. */
+	if (gate_err != X509_V_OK)
+		failed = gate_err == X509_V_ERR_HOSTNAME_MISMATCH ?
+		    "hostname" : "chain";
 
 	/* Step 2: a DNS SAN for the host; never the CN, never an IP SAN. */
 	if (X509_check_host(leaf, host, 0, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT |
@@ -1066,6 +1153,8 @@ done:
 	SCT_LIST_free(scts);
 	free(v);
 	free(pins);
+	free(hostbuf);
+	SSL_CTX_free(sslctx);
 	ct_loglist_free(list);
 	X509_STORE_CTX_free(xctx);
 	X509_STORE_free(store);

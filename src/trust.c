@@ -113,6 +113,35 @@ name_json(const X509_NAME *name)
 	return j;
 }
 
+/*
+ * A certificate's bytes as evidence: printable ASCII as it is, every other
+ * byte (a NUL that would end the string early, bytes that are not UTF-8
+ * and would drop it from the JSON) as \xHH, a backslash doubled.
+ */
+static void
+escaped(const unsigned char *p, int len, char *out, size_t outsz)
+{
+	static const char more[] = "...";
+	size_t o = 0;
+	int i;
+
+	for (i = 0; i < len; i++) {
+		if (o + 4 + sizeof(more) > outsz) {
+			memcpy(out + o, more, sizeof(more));
+			return;
+		}
+		if (p[i] == '\\') {
+			out[o++] = '\\';
+			out[o++] = '\\';
+		} else if (p[i] >= 0x20 && p[i] < 0x7f)
+			out[o++] = (char)p[i];
+		else
+			o += (size_t)snprintf(out + o, outsz - o, "\\x%02x",
+			    p[i]);
+	}
+	out[o] = '\0';
+}
+
 static json_t *
 sans_json(X509 *cert)
 {
@@ -126,9 +155,10 @@ sans_json(X509 *cert)
 		char buf[300];
 
 		if (g->type == GEN_DNS) {
-			snprintf(buf, sizeof(buf), "DNS:%.*s",
-			    ASN1_STRING_length(g->d.dNSName),
-			    (const char *)ASN1_STRING_get0_data(g->d.dNSName));
+			memcpy(buf, "DNS:", 4);
+			escaped(ASN1_STRING_get0_data(g->d.dNSName),
+			    ASN1_STRING_length(g->d.dNSName), buf + 4,
+			    sizeof(buf) - 4);
 		} else if (g->type == GEN_IPADD) {
 			const unsigned char *a =
 			    ASN1_STRING_get0_data(g->d.iPAddress);
@@ -246,8 +276,9 @@ trust_incident_json(const struct trust_incident *inc)
 	json_object_set_new(o, "chain_pins", chain);
 	json_object_set_new(o, "scts", scts_json(inc));
 	json_object_set_new(o, "report_only", json_boolean(inc->report_only));
+	/* Reported only: the upstream stays in use, quarantined for 0 s. */
 	json_object_set_new(o, "quarantine_seconds",
-	    json_integer(inc->quarantine_sec));
+	    json_integer(inc->report_only ? 0 : inc->quarantine_sec));
 	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	return s;

@@ -394,9 +394,9 @@ upstream_gate_init(struct upstream *up, struct tls_gate *gate)
 		return;
 	if (pool->ct_list == NULL) {
 		if (now - pool->ct_warned >= CT_WARN_EVERY_SEC) {
-			log_warnx("no CT log list (%s): CT is report-only, "
-			    "with nothing to check SCTs against, until one is "
-			    "installed (stubborn update-log-list)",
+			log_warnx("no usable CT log list (%s): certificates "
+			    "are not checked for CT until one is installed "
+			    "(stubborn update-log-list)",
 			    cfg->ct_log_list ? cfg->ct_log_list : "none set");
 			pool->ct_warned = now;
 		}

@@ -16,6 +16,7 @@
 
 #define CONFIG_MAX_UPSTREAMS	64	/* a query's tried set is a 64-bit mask */
 #define CONFIG_CACHE_SIZE_MAX	10000000	/* about 3 GiB of answers */
+#define CONFIG_QUARANTINE_MAX	(36500L * 86400)	/* 100 years */
 #define CONFIG_DNS_PORT		53
 #define CONFIG_DOT_PORT		853
 #define CONFIG_DOH_PORT		443

@@ -144,6 +144,20 @@ def test_directory_as_conf_file_is_an_input_error(stubborn_bin, tmp_path, comman
     assert f"{tmp_path}: Is a directory" in p.stderr, p.stderr
 
 
+def test_check_config_loads_the_trust_stores_as_run_does(stubborn_bin, tmp_path):
+    # A ca-file with no certificate in it: run refuses to start, so
+    # check-config must not say the conf is good.
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    conf = tmp_path / "ca.conf"
+    conf.write_text(f"[trust]\nca-file = {empty}\nct = off\n"
+                    "[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n")
+    for cmd in (["check-config"], ["run", "-f"]):
+        p = _run([stubborn_bin] + cmd + ["-c", str(conf)])
+        assert p.returncode == 2, (cmd, p.returncode, p.stdout, p.stderr)
+        assert "upstream a: cannot load its trust store" in p.stderr, (cmd, p.stderr)
+
+
 @pytest.mark.parametrize("flag,word", [("--help", "usage: stubborn"),
                                        ("--version", "stubborn ")])
 def test_help_and_version_as_options(stubborn_bin, flag, word):

@@ -3,11 +3,16 @@ time pinned by --at.  Generated presets cover each CT policy rule, real
 certificates and the real log lists of 2025-08-21 cover interoperability,
 and bad input must exit 2 rather than be judged."""
 
+import datetime
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import ct_fixture as ctf
 
@@ -154,6 +159,52 @@ def test_untrusted_chain_is_rejected(stubborn_bin, universe, tmp_path):
     assert r.checks.get("verdict") == "rejected (chain)", r
 
 
+def _leaf_under(ca, key, directory, name):
+    """A serverAuth leaf for HOSTNAME with `key`, issued by ca's
+    intermediate; returns its chain file (leaf, intermediate)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(ctf.HOSTNAME)]),
+                           critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    chain = Path(directory) / f"{name}.pem"
+    chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
+                      ca.cert.public_bytes(serialization.Encoding.PEM))
+    return chain
+
+
+def test_weak_key_is_rejected_as_in_a_handshake(stubborn_bin, universe, tmp_path):
+    # The TLS security level applies offline too: an RSA-1024 leaf is
+    # refused by a handshake, so "trusted" here would be a false pass.
+    ca = ctf.CA(universe.now, cn="weak key")
+    ca.write(tmp_path)
+    strong = _leaf_under(ca, ec.generate_private_key(ec.SECP256R1()), tmp_path, "strong")
+    weak = _leaf_under(ca, rsa.generate_private_key(public_exponent=65537, key_size=1024),
+                       tmp_path, "weak")
+    r = check_cert(stubborn_bin, strong, ca_file=tmp_path / "root.pem")
+    assert r.status == 0 and r.checks.get("verdict") == "trusted", r
+    r = check_cert(stubborn_bin, weak, ca_file=tmp_path / "root.pem")
+    assert r.status == 1, r
+    assert "too weak" in r.checks.get("chain", ""), r
+    assert r.checks.get("verdict") == "rejected (chain)", r
+
+
+def test_host_with_a_trailing_dot_is_the_same_host(stubborn_bin, universe):
+    leaf = universe.preset("ok2")
+    r = check_cert(stubborn_bin, leaf.chain_pem, host=ctf.HOSTNAME + ".",
+                   ca_file=universe.root_pem, at=universe.check_time)
+    assert r.checks.get("hostname", "").startswith("ok"), r
+
+
 # --- bad input: exit 2 -------------------------------------------------------
 
 def _bad_inputs(universe, tmp):
@@ -174,6 +225,8 @@ def _bad_inputs(universe, tmp):
         "at-words": dict(chain=chain, at="yesterday"),
         "at-bad-date": dict(chain=chain, at="2025-13-45T00:00:00Z"),
         "at-empty": dict(chain=chain, at=""),
+        "at-past-year-9999": dict(chain=chain, at="99999999999999"),
+        "host-empty": dict(chain=chain, host=""),
         "pin-not-base64": dict(chain=chain, pins=["sha256/not*base64!"]),
         "pin-wrong-algorithm": dict(chain=chain, pins=["md5/AAAAAAAAAAAAAAAAAAAAAA=="]),
         "log-list-missing": dict(chain=chain, log_list=tmp / "absent.json"),
@@ -182,7 +235,8 @@ def _bad_inputs(universe, tmp):
 
 
 BAD_INPUT = ["chain-missing", "chain-not-pem", "chain-empty", "chain-truncated-der",
-             "at-words", "at-bad-date", "at-empty", "pin-not-base64", "pin-wrong-algorithm",
+             "at-words", "at-bad-date", "at-empty", "at-past-year-9999", "host-empty",
+             "pin-not-base64", "pin-wrong-algorithm",
              "log-list-missing", "policy-unknown"]
 
 

@@ -225,6 +225,9 @@ def _check_ct_incident(inc, up, leaf, report_only):
     assert inc["leaf_sha256"].lower() == leaf.leaf_sha256
     assert isinstance(inc.get("detail"), str) and inc["detail"].strip(), inc
     assert bool(inc.get("report_only")) is report_only, inc
+    if report_only:
+        # The upstream stays in use: nothing was quarantined.
+        assert inc["quarantine_seconds"] == 0, inc
     scts = inc.get("scts")
     assert isinstance(scts, list), inc
     problems = ctf.sct_mismatches(scts, leaf.expected_scts())
@@ -343,16 +346,21 @@ def test_stale_list_turns_enforce_into_report(ct_upstream, ct_stubborn, universe
         assert not _warned_report_only(s), s.log_text()
 
 
-def test_missing_list_turns_enforce_into_report(ct_upstream, ct_stubborn, universe, tmp_path):
+def test_missing_list_means_no_ct_check_and_says_so(ct_upstream, ct_stubborn, universe,
+                                                    tmp_path):
+    # With nothing to check SCTs against, CT is not checked at all (the
+    # README's rule): the warning says exactly that, and no incident
+    # pretends a check ran.
     leaf = universe.preset("one_sct")
     bad = ct_upstream("first", "one_sct")
     good = ct_upstream("second", "ok2")
     s = ct_stubborn([bad.spec(pins=[leaf.pin]), good.spec()],
                     log_list=tmp_path / "absent" / "log_list.json")
     assert _who(s.port, "nolist") == ["first"]
-    assert _warned_report_only(s), f"no 'log list ... report-only' warning:\n{s.log_text()}"
-    for inc in _mine(s, "first"):
-        assert inc.get("report_only") is True, inc
+    warned = [l for l in s.log_text().splitlines()
+              if "no usable CT log list" in l and "not checked for CT" in l]
+    assert warned, s.log_text()
+    assert _mine(s, "first") == [], s.incidents()
 
 
 @pytest.mark.parametrize("global_ct,first_ct,answers,incident", [

@@ -117,7 +117,7 @@ url_parsing(void **state)
 		"tls://dns.test:0", "tls://dns.test:70000", "tls://dns.test:x",
 		"tls://dns.test/path", "tls://a..b", "tls://dns_test",
 		"tls://user@dns.test", "https://dns.test/q?x=1",
-		"tls://-.test.", "tls://.",
+		"tls://-.test.", "tls://.", "tls://dns.test..:853",
 	};
 	struct upstream_conf uc;
 
@@ -254,6 +254,8 @@ bad_files(void **state)
 	rejects("bad-range.conf", 2, "'10000001' is above 10000000");
 	rejects("bad-range.conf", 3, "'2147483648' is above 2147483647");
 	rejects("bad-range.conf", 4, "'70000d' is above 2147483647");
+	/* It would overflow the clock: no quarantine at all. */
+	rejects("bad-quarantine.conf", 2, "is above 3153600000");
 	/* An indented line is not the value before it, going on. */
 	rejects("bad-indent.conf", 4, "syntax error");
 }

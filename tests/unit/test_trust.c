@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include "stubborn/trust.h"
 
@@ -194,6 +195,57 @@ incident_json(void **state)
 	X509_free(leaf);
 }
 
+/* A SAN with a NUL or bytes that are not UTF-8 is evidence all the same. */
+static void
+incident_json_escapes_sans(void **state)
+{
+	static const unsigned char nul[] = "dns.test\0.evil.test";
+	static const unsigned char bad[] = "dns.te\xffst";
+	X509 *leaf = load_cert("leaf.pem");
+	GENERAL_NAMES *gens = GENERAL_NAMES_new();
+	const unsigned char *names[] = { nul, bad };
+	const int lens[] = { sizeof(nul) - 1, sizeof(bad) - 1 };
+	struct trust_incident inc = {
+		.upstream = "rogue", .host = "dns.test",
+		.address = "127.0.0.2:853", .verdict = TRUST_FAIL_HOSTNAME,
+		.detail = "no SAN matches", .leaf = leaf,
+		.report_only = true, .quarantine_sec = 3600,
+	};
+	json_error_t err;
+	json_t *o, *sans;
+	char *s;
+	int i;
+
+	(void)state;
+	for (i = 0; i < 2; i++) {
+		GENERAL_NAME *g = GENERAL_NAME_new();
+		ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+
+		assert_int_equal(ASN1_STRING_set(ia5, names[i], lens[i]), 1);
+		GENERAL_NAME_set0_value(g, GEN_DNS, ia5);
+		sk_GENERAL_NAME_push(gens, g);
+	}
+	assert_int_equal(X509_add1_ext_i2d(leaf, NID_subject_alt_name, gens,
+	    0, X509V3_ADD_REPLACE), 1);
+	GENERAL_NAMES_free(gens);
+	s = trust_incident_json(&inc);
+	assert_non_null(s);
+	o = json_loads(s, 0, &err);
+	assert_non_null(o);
+	sans = json_object_get(o, "sans");
+	assert_int_equal(json_array_size(sans), 2);
+	assert_string_equal(json_string_value(json_array_get(sans, 0)),
+	    "DNS:dns.test\\x00.evil.test");
+	assert_string_equal(json_string_value(json_array_get(sans, 1)),
+	    "DNS:dns.te\\xffst");
+	/* Reported only: nothing was quarantined. */
+	assert_int_equal(json_integer_value(json_object_get(o,
+	    "quarantine_seconds")), 0);
+	json_decref(o);
+	free(s);
+	X509_free(leaf);
+}
+
 int
 main(void)
 {
@@ -204,6 +256,7 @@ main(void)
 		cmocka_unit_test(pin_match),
 		cmocka_unit_test(check_pins_on_chain),
 		cmocka_unit_test(incident_json),
+		cmocka_unit_test(incident_json_escapes_sans),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
