@@ -1047,6 +1047,10 @@ cmd_check_cert(int argc, char **argv)
 		goto done;
 	if (strlen(hostbuf) > 1 && hostbuf[strlen(hostbuf) - 1] == '.')
 		hostbuf[strlen(hostbuf) - 1] = '\0';
+	if (hostbuf[strlen(hostbuf) - 1] == '.') {
+		fprintf(stderr, "stubborn: bad host '%s'\n", host);
+		goto done;
+	}
 	host = hostbuf;
 	if ((chain = read_chain(chain_path)) == NULL)
 		goto done;
@@ -1099,6 +1103,8 @@ cmd_check_cert(int argc, char **argv)
 	if (gate_err != X509_V_OK)
 		failed = gate_err == X509_V_ERR_HOSTNAME_MISMATCH ?
 		    "hostname" : "chain";
+	else if (verified == NULL)
+		failed = "chain";
 
 	/* Step 2: a DNS SAN for the host; never the CN, never an IP SAN. */
 	if (X509_check_host(leaf, host, 0, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT |

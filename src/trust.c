@@ -116,17 +116,21 @@ name_json(const X509_NAME *name)
 /*
  * A certificate's bytes as evidence: printable ASCII as it is, every other
  * byte (a NUL that would end the string early, bytes that are not UTF-8
- * and would drop it from the JSON) as \xHH, a backslash doubled.
+ * and would drop it from the JSON) as \xHH, a backslash doubled.  What
+ * does not fit ends in a lone backslash and "...", which no name can.
  */
 static void
 escaped(const unsigned char *p, int len, char *out, size_t outsz)
 {
-	static const char more[] = "...";
-	size_t o = 0;
+	static const char more[] = "\\...";
+	size_t o = 0, need;
 	int i;
 
 	for (i = 0; i < len; i++) {
-		if (o + 4 + sizeof(more) > outsz) {
+		need = p[i] == '\\' ? 2 : p[i] >= 0x20 && p[i] < 0x7f ? 1 : 4;
+		/* Room for this byte, the marker if more follow, the NUL. */
+		if (o + need + (i + 1 < len ? sizeof(more) - 1 : 0) + 1 >
+		    outsz) {
 			memcpy(out + o, more, sizeof(more));
 			return;
 		}

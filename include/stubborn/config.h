@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -16,7 +17,11 @@
 
 #define CONFIG_MAX_UPSTREAMS	64	/* a query's tried set is a 64-bit mask */
 #define CONFIG_CACHE_SIZE_MAX	10000000	/* about 3 GiB of answers */
+#if LONG_MAX / 86400 >= 36500
 #define CONFIG_QUARANTINE_MAX	(36500L * 86400)	/* 100 years */
+#else
+#define CONFIG_QUARANTINE_MAX	(LONG_MAX / 2)	/* as long as time_t lasts */
+#endif
 #define CONFIG_DNS_PORT		53
 #define CONFIG_DOT_PORT		853
 #define CONFIG_DOH_PORT		443

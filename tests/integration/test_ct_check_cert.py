@@ -159,9 +159,10 @@ def test_untrusted_chain_is_rejected(stubborn_bin, universe, tmp_path):
     assert r.checks.get("verdict") == "rejected (chain)", r
 
 
-def _leaf_under(ca, key, directory, name):
+def _leaf_under(ca, key, directory, name, digest=None):
     """A serverAuth leaf for HOSTNAME with `key`, issued by ca's
-    intermediate; returns its chain file (leaf, intermediate)."""
+    intermediate (signed with `digest`, SHA-256 by default); returns its
+    chain file (leaf, intermediate)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -175,21 +176,23 @@ def _leaf_under(ca, key, directory, name):
                            critical=False)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(ctf.HOSTNAME)]),
                            critical=False)
-            .sign(ca.key, hashes.SHA256()))
+            .sign(ca.key, digest or hashes.SHA256()))
     chain = Path(directory) / f"{name}.pem"
     chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
                       ca.cert.public_bytes(serialization.Encoding.PEM))
     return chain
 
 
+@pytest.mark.filterwarnings("ignore:SHA1 signatures are deprecated")
 def test_weak_key_is_rejected_as_in_a_handshake(stubborn_bin, universe, tmp_path):
-    # The TLS security level applies offline too: an RSA-1024 leaf is
-    # refused by a handshake, so "trusted" here would be a false pass.
+    # The TLS security level applies offline too: an RSA-1024 leaf signed
+    # with SHA-1 is refused by a handshake (at security level 1 already,
+    # for the SHA-1), so "trusted" here would be a false pass.
     ca = ctf.CA(universe.now, cn="weak key")
     ca.write(tmp_path)
     strong = _leaf_under(ca, ec.generate_private_key(ec.SECP256R1()), tmp_path, "strong")
     weak = _leaf_under(ca, rsa.generate_private_key(public_exponent=65537, key_size=1024),
-                       tmp_path, "weak")
+                       tmp_path, "weak", hashes.SHA1())
     r = check_cert(stubborn_bin, strong, ca_file=tmp_path / "root.pem")
     assert r.status == 0 and r.checks.get("verdict") == "trusted", r
     r = check_cert(stubborn_bin, weak, ca_file=tmp_path / "root.pem")
@@ -203,6 +206,7 @@ def test_host_with_a_trailing_dot_is_the_same_host(stubborn_bin, universe):
     r = check_cert(stubborn_bin, leaf.chain_pem, host=ctf.HOSTNAME + ".",
                    ca_file=universe.root_pem, at=universe.check_time)
     assert r.checks.get("hostname", "").startswith("ok"), r
+    assert r.status == 0 and r.checks.get("verdict") == "trusted", r
 
 
 # --- bad input: exit 2 -------------------------------------------------------
@@ -227,6 +231,7 @@ def _bad_inputs(universe, tmp):
         "at-empty": dict(chain=chain, at=""),
         "at-past-year-9999": dict(chain=chain, at="99999999999999"),
         "host-empty": dict(chain=chain, host=""),
+        "host-two-dots": dict(chain=chain, host="dns.test.."),
         "pin-not-base64": dict(chain=chain, pins=["sha256/not*base64!"]),
         "pin-wrong-algorithm": dict(chain=chain, pins=["md5/AAAAAAAAAAAAAAAAAAAAAA=="]),
         "log-list-missing": dict(chain=chain, log_list=tmp / "absent.json"),
@@ -235,7 +240,7 @@ def _bad_inputs(universe, tmp):
 
 
 BAD_INPUT = ["chain-missing", "chain-not-pem", "chain-empty", "chain-truncated-der",
-             "at-words", "at-bad-date", "at-empty", "at-past-year-9999", "host-empty",
+             "at-words", "at-bad-date", "at-empty", "at-past-year-9999", "host-empty", "host-two-dots",
              "pin-not-base64", "pin-wrong-algorithm",
              "log-list-missing", "policy-unknown"]
 

@@ -201,10 +201,13 @@ incident_json_escapes_sans(void **state)
 {
 	static const unsigned char nul[] = "dns.test\0.evil.test";
 	static const unsigned char bad[] = "dns.te\xffst";
+	unsigned char longname[400];
 	X509 *leaf = load_cert("leaf.pem");
 	GENERAL_NAMES *gens = GENERAL_NAMES_new();
-	const unsigned char *names[] = { nul, bad };
-	const int lens[] = { sizeof(nul) - 1, sizeof(bad) - 1 };
+	const unsigned char *names[] = { nul, bad, longname };
+	const int lens[] = { sizeof(nul) - 1, sizeof(bad) - 1,
+	    sizeof(longname) };
+	const char *s3;
 	struct trust_incident inc = {
 		.upstream = "rogue", .host = "dns.test",
 		.address = "127.0.0.2:853", .verdict = TRUST_FAIL_HOSTNAME,
@@ -217,7 +220,8 @@ incident_json_escapes_sans(void **state)
 	int i;
 
 	(void)state;
-	for (i = 0; i < 2; i++) {
+	memset(longname, 'a', sizeof(longname));
+	for (i = 0; i < 3; i++) {
 		GENERAL_NAME *g = GENERAL_NAME_new();
 		ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
 
@@ -233,9 +237,14 @@ incident_json_escapes_sans(void **state)
 	o = json_loads(s, 0, &err);
 	assert_non_null(o);
 	sans = json_object_get(o, "sans");
-	assert_int_equal(json_array_size(sans), 2);
+	assert_int_equal(json_array_size(sans), 3);
 	assert_string_equal(json_string_value(json_array_get(sans, 0)),
 	    "DNS:dns.test\\x00.evil.test");
+	/* Too long to keep whole: cut, and marked so. */
+	s3 = json_string_value(json_array_get(sans, 2));
+	assert_non_null(s3);
+	assert_true(strlen(s3) < 300);
+	assert_string_equal(s3 + strlen(s3) - 4, "\\...");
 	assert_string_equal(json_string_value(json_array_get(sans, 1)),
 	    "DNS:dns.te\\xffst");
 	/* Reported only: nothing was quarantined. */
