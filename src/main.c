@@ -913,14 +913,14 @@ name_line(X509 *x)
 }
 
 /*
- * The chain verified as a handshake verifies it: the host on the
- * parameters (so a wrong name is found before an expired certificate, as
- * there) and the TLS security level (weak keys, SHA-1).  *err gets the
- * first error, X509_V_OK when none; -1 when it could not run.
+ * The chain's verification as a handshake sets it up: server purpose,
+ * the time, the TLS security level (weak keys, SHA-1) and, when given,
+ * the host (so a wrong name is found before an expired certificate, as
+ * there).  NULL when out of memory.
  */
-static int
-gate_verify(X509_STORE *store, STACK_OF(X509) *chain, const char *host,
-    int level, int64_t at_ms, int *err)
+static X509_STORE_CTX *
+verify_ctx(X509_STORE *store, STACK_OF(X509) *chain, int64_t at_ms,
+    int level, const char *host)
 {
 	X509_STORE_CTX *xctx = X509_STORE_CTX_new();
 	X509_VERIFY_PARAM *param;
@@ -928,7 +928,7 @@ gate_verify(X509_STORE *store, STACK_OF(X509) *chain, const char *host,
 	if (xctx == NULL || X509_STORE_CTX_init(xctx, store,
 	    sk_X509_value(chain, 0), chain) != 1) {
 		X509_STORE_CTX_free(xctx);
-		return -1;
+		return NULL;
 	}
 	X509_STORE_CTX_set_default(xctx, "ssl_server");
 	param = X509_STORE_CTX_get0_param(xctx);
@@ -937,15 +937,11 @@ gate_verify(X509_STORE *store, STACK_OF(X509) *chain, const char *host,
 	X509_VERIFY_PARAM_set_hostflags(param,
 	    X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
 	    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
-	if (X509_VERIFY_PARAM_set1_host(param, host, 0) != 1) {
+	if (host != NULL && X509_VERIFY_PARAM_set1_host(param, host, 0) != 1) {
 		X509_STORE_CTX_free(xctx);
-		return -1;
+		return NULL;
 	}
-	*err = X509_verify_cert(xctx) == 1 ? X509_V_OK :
-	    X509_STORE_CTX_get_error(xctx);
-	X509_STORE_CTX_free(xctx);
-	ERR_clear_error();
-	return 0;
+	return xctx;
 }
 
 static int
@@ -1062,8 +1058,7 @@ cmd_check_cert(int argc, char **argv)
 	leaf = sk_X509_value(chain, 0);
 
 	/* Step 1: the chain, to the system store or ca-file alone. */
-	if ((store = X509_STORE_new()) == NULL ||
-	    (xctx = X509_STORE_CTX_new()) == NULL)
+	if ((store = X509_STORE_new()) == NULL)
 		goto done;
 	if (tls_store_load(store, ca_file) != 0) {
 		log_crypto(ca_file ? ca_file : "the system trust store");
@@ -1073,15 +1068,16 @@ cmd_check_cert(int argc, char **argv)
 	if ((sslctx = SSL_CTX_new(TLS_client_method())) == NULL)
 		goto done;
 	level = SSL_CTX_get_security_level(sslctx);
-	if (gate_verify(store, chain, host, level, at_ms, &gate_err) != 0)
+	/* The handshake's own verification, whose first failure names it. */
+	if ((xctx = verify_ctx(store, chain, at_ms, level, host)) == NULL)
 		goto done;
-	if (X509_STORE_CTX_init(xctx, store, leaf, chain) != 1)
+	gate_err = X509_verify_cert(xctx) == 1 ? X509_V_OK :
+	    X509_STORE_CTX_get_error(xctx);
+	X509_STORE_CTX_free(xctx);
+	ERR_clear_error();
+	/* The chain alone, for its own line. */
+	if ((xctx = verify_ctx(store, chain, at_ms, level, NULL)) == NULL)
 		goto done;
-	X509_STORE_CTX_set_default(xctx, "ssl_server");
-	X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(xctx),
-	    (time_t)(at_ms / 1000));
-	X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(xctx),
-	    level);
 	rc = EXIT_CHECK_FAILED;
 	subj = name_line(leaf);
 	printf("certificate: %s\n", subj ? subj : "?");
@@ -1099,7 +1095,6 @@ cmd_check_cert(int argc, char **argv)
 		    X509_verify_cert_error_string(err));
 	}
 	ERR_clear_error();
-	/* The first failure the handshake's verification meets names it. */
 	if (gate_err != X509_V_OK)
 		failed = gate_err == X509_V_ERR_HOSTNAME_MISMATCH ?
 		    "hostname" : "chain";
