@@ -59,9 +59,8 @@ struct parse_ctx {
 	enum section		 section;
 	struct config		*cfg;
 	struct upstream_conf	*up;		/* current [upstream] */
-	uint64_t		 seen_global;	/* non-repeatable keys seen */
-	uint64_t		 seen_up;
-	uint64_t		 given_up[CONFIG_MAX_UPSTREAMS];	/* keys */
+	uint64_t		 seen_global;	/* keys seen outside upstreams */
+	uint64_t		 seen_up[CONFIG_MAX_UPSTREAMS];	/* in each */
 	char			 msg[256];	/* a parse function's error */
 };
 
@@ -927,7 +926,6 @@ start_section(struct parse_ctx *ctx, const char *name)
 	uc->ct = CT_INHERIT;
 	ctx->up = uc;
 	ctx->section = SEC_UPSTREAM;
-	ctx->seen_up = 0;
 }
 
 /*
@@ -1013,7 +1011,8 @@ conf_handler(void *user, const char *section, const char *name,
 		    section_str[ctx->section]);
 		return 1;
 	}
-	seen = ctx->section == SEC_UPSTREAM ? &ctx->seen_up :
+	seen = ctx->section == SEC_UPSTREAM ?
+	    &ctx->seen_up[ctx->up - ctx->cfg->upstreams] :
 	    &ctx->seen_global;
 	bit = (uint64_t)1 << i;
 	if (!it->repeatable && (*seen & bit)) {
@@ -1022,8 +1021,6 @@ conf_handler(void *user, const char *section, const char *name,
 		return 1;
 	}
 	*seen |= bit;
-	if (ctx->section == SEC_UPSTREAM)
-		ctx->given_up[ctx->up - ctx->cfg->upstreams] |= bit;
 	if ((err = it->parse(ctx, value)) != NULL)
 		conf_error(ctx, "%s", err);
 	else if (it->notyet != NULL && *value != '\0')
@@ -1107,14 +1104,14 @@ validate(struct parse_ctx *ctx)
 
 		/* A bad url or address line was reported as such. */
 		if (uc->url == NULL || uc->host == NULL) {
-			if (ctx->given_up[i] & item_bit(SEC_UPSTREAM, "url"))
+			if (ctx->seen_up[i] & item_bit(SEC_UPSTREAM, "url"))
 				continue;
 			ctx->line = uc->line;
 			conf_error(ctx, "upstream '%s' has no url", uc->name);
 			continue;
 		}
 		if (uc->naddrs == 0 &&
-		    !(ctx->given_up[i] & item_bit(SEC_UPSTREAM, "address"))) {
+		    !(ctx->seen_up[i] & item_bit(SEC_UPSTREAM, "address"))) {
 			ctx->line = uc->line;
 			conf_error(ctx, "upstream '%s' has no address (the "
 			    "bootstrap address to connect to; the hostname is "
