@@ -221,7 +221,6 @@ load_ct_list(const struct config *cfg)
 
 struct refresh {
 	const struct config	*cfg;
-	const char		*conf_path;
 	struct resolver		*r;
 	struct ct_loglist	*cur;
 	struct ct_loglist	*prev;
@@ -262,15 +261,13 @@ static void
 refresh_timo(evutil_socket_t fd, short ev, void *arg)
 {
 	struct refresh *rf = arg;
-	char *args[] = { (char *)"stubborn", (char *)"update-log-list",
-	    (char *)"-c", (char *)rf->conf_path, NULL };
 
 	(void)fd;
 	(void)ev;
 	refresh_arm(rf, REFRESH_EVERY_SEC);
 	if (rf->running)
 		return;		/* the last one is still at it */
-	if (sandbox_launch(args, refresh_done, rf) != 0)
+	if (sandbox_launch_refresh(refresh_done, rf) != 0)
 		log_warnx("CT log list refresh: cannot start it");
 	else
 		rf->running = true;
@@ -560,7 +557,8 @@ sandbox(const struct config *cfg, const struct run_opts *o,
 {
 	int rc;
 
-	if (sandbox_launcher_start(base, cfg->user) != 0)
+	if (sandbox_launcher_start(base, cfg->user, o->conf,
+	    cfg->on_incident) != 0)
 		return -1;
 	if (cfg->chroot != NULL)
 		chroot_check(cfg, o->conf);
@@ -608,7 +606,6 @@ cmd_run(int argc, char **argv)
 	tls_init();
 	log_set_incident_hook(cfg->on_incident);
 	rf.cfg = cfg;
-	rf.conf_path = o.conf;
 	rf.cur = load_ct_list(cfg);
 	if ((r = resolver_new(base, cfg, rf.cur)) == NULL) {
 		rc = EXIT_USAGE;	/* a trust store that does not load */

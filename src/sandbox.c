@@ -26,6 +26,7 @@
 #include <seccomp.h>
 #endif
 
+#include "stubborn/config.h"
 #include "stubborn/log.h"
 #include "stubborn/sandbox.h"
 
@@ -71,9 +72,11 @@ sandbox_drop_privileges(const char *user, const char *dir)
 
 /*
  * The launcher.  The daemon and it share one SOCK_SEQPACKET pair, so each
- * message arrives whole: 'H' cmd NUL json (run an incident hook), 'L'
- * argv strings each NUL-terminated (launch the binary); the launcher
- * answers 'L' with the wait status (int) of a launched program.
+ * message arrives whole: 'H' json (an incident: run the hook), 'L' (run
+ * update-log-list); the launcher answers 'L' with the wait status (int)
+ * of that program.  No message names what to run: a daemon taken over
+ * must not get a command run outside its sandbox.  The hook is the conf
+ * file's on-incident line, the program this binary with the conf file.
  */
 #define LAUNCH_MSG_MAX	65536
 #define LAUNCH_TIMEOUT_SEC	600	/* a hung update-log-list is killed */
@@ -86,28 +89,54 @@ static struct {
 	void		(*done)(int, void *);
 	void		*arg;
 	bool		 busy;
+	/* In the launcher: */
+	char		*conf;		/* the conf file, as given */
+	char		*hook;		/* its last on-incident line that loaded */
 } launcher = { .fd = -1 };
 
 static void
 launcher_hook(const char *cmd, const char *json)
 {
-	size_t clen = strlen(cmd), jlen = strlen(json);
+	size_t jlen = strlen(json);
 	char *msg;
 
-	if (1 + clen + 1 + jlen > LAUNCH_MSG_MAX) {
+	(void)cmd;	/* the launcher reads it from the conf file */
+	if (1 + jlen > LAUNCH_MSG_MAX) {
 		log_warnx("on-incident: the record is too large to pass on");
 		return;
 	}
-	if ((msg = malloc(1 + clen + 1 + jlen)) == NULL) {
+	if ((msg = malloc(1 + jlen)) == NULL) {
 		log_warn("on-incident");
 		return;
 	}
 	msg[0] = 'H';
-	memcpy(msg + 1, cmd, clen + 1);
-	memcpy(msg + 1 + clen + 1, json, jlen);
-	if (send(launcher.fd, msg, 1 + clen + 1 + jlen, MSG_DONTWAIT) == -1)
+	memcpy(msg + 1, json, jlen);
+	if (send(launcher.fd, msg, 1 + jlen, MSG_DONTWAIT) == -1)
 		log_warn("on-incident: passing the record to the launcher");
 	free(msg);
+}
+
+/*
+ * In the launcher: the conf file's on-incident command now, read again
+ * so a reload's applies; the last one that loaded when it does not.
+ */
+static const char *
+launcher_hook_cmd(void)
+{
+	FILE *quiet = fopen("/dev/null", "w");
+	struct config *cfg;
+
+	if (quiet == NULL)
+		return launcher.hook;
+	cfg = config_load(launcher.conf, false, quiet);
+	fclose(quiet);
+	if (cfg != NULL) {
+		free(launcher.hook);
+		launcher.hook = cfg->on_incident ? strdup(cfg->on_incident) :
+		    NULL;
+		config_free(cfg);
+	}
+	return launcher.hook;
 }
 
 /* In the launcher: start argv, stdin from /dev/null. */
@@ -161,18 +190,16 @@ launcher_main(int fd)
 			_exit(1);
 		}
 		msg[n] = '\0';
-		if (msg[0] == 'H' && memchr(msg + 1, '\0', n - 1) != NULL) {
-			log_run_hook(msg + 1, msg + 2 + strlen(msg + 1));
-		} else if (msg[0] == 'L' && child == 0 && n > 1 &&
-		    msg[n - 1] == '\0') {
-			char *argv[16], *p = msg + 1;
-			size_t i = 0;
+		if (msg[0] == 'H') {
+			const char *cmd = launcher_hook_cmd();
 
-			while (p < msg + n && i < 15) {
-				argv[i++] = p;
-				p += strlen(p) + 1;
-			}
-			argv[i] = NULL;
+			if (cmd != NULL && *cmd != '\0')
+				log_run_hook(cmd, msg + 1);
+		} else if (msg[0] == 'L' && child == 0) {
+			char *argv[] = { (char *)"stubborn",
+			    (char *)"update-log-list", (char *)"-c",
+			    launcher.conf, NULL };
+
 			started = time(NULL);
 			if ((child = launcher_spawn(argv)) == -1) {
 				char reply[1 + sizeof(int)] = { 'L' };
@@ -225,7 +252,8 @@ launcher_read(evutil_socket_t fd, short ev, void *arg)
 }
 
 int
-sandbox_launcher_start(struct event_base *base, const char *user)
+sandbox_launcher_start(struct event_base *base, const char *user,
+    const char *conf, const char *hook)
 {
 	pid_t parent = getpid();
 	int sv[2];
@@ -260,6 +288,10 @@ sandbox_launcher_start(struct event_base *base, const char *user)
 			_exit(0);	/* the daemon died already */
 		if (sandbox_drop_privileges(user, NULL) != 0)
 			_exit(1);
+		launcher.conf = strdup(conf);
+		launcher.hook = hook ? strdup(hook) : NULL;
+		if (launcher.conf == NULL)
+			_exit(1);
 		launcher_main(3);
 	}
 	close(sv[1]);
@@ -276,23 +308,13 @@ sandbox_launcher_start(struct event_base *base, const char *user)
 }
 
 int
-sandbox_launch(char *const argv[], void (*done)(int, void *), void *arg)
+sandbox_launch_refresh(void (*done)(int, void *), void *arg)
 {
-	char msg[LAUNCH_MSG_MAX];
-	size_t len = 1, i;
+	const char msg[] = { 'L' };
 
 	if (launcher.fd == -1 || launcher.busy)
 		return -1;
-	msg[0] = 'L';
-	for (i = 0; argv[i] != NULL && i < 15; i++) {
-		size_t l = strlen(argv[i]) + 1;
-
-		if (len + l > sizeof(msg))
-			return -1;
-		memcpy(msg + len, argv[i], l);
-		len += l;
-	}
-	if (send(launcher.fd, msg, len, MSG_DONTWAIT) == -1) {
+	if (send(launcher.fd, msg, sizeof(msg), MSG_DONTWAIT) == -1) {
 		log_warn("launcher");
 		return -1;
 	}

@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,8 +122,13 @@ quarantine_load(struct upstream_pool *pool)
 		return;
 	snprintf(path, sizeof(path), "%s/%s",
 	    sandbox_path(pool->cfg->state_dir), QUARANTINE_FILE);
-	if ((fp = fopen(path, "r")) == NULL)
+	if ((fp = fopen(path, "r")) == NULL) {
+		/* Unread, a quarantine would end at every restart: say so. */
+		if (errno != ENOENT)
+			log_warn("quarantines in %s: cannot read them, so no "
+			    "upstream is kept in quarantine from before", path);
 		return;		/* none yet */
+	}
 	while (fgets(line, sizeof(line), fp) != NULL) {
 		char *name, *url, *until, *ep, *save = NULL;
 		long long t;

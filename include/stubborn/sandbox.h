@@ -22,20 +22,22 @@ int	sandbox_drop_privileges(const char *user, const char *dir);
 
 /*
  * Start the launcher: a child that stays outside the chroot and the
- * seccomp filter, runs as user (NULL: the current one) and starts the
- * programs the daemon asks for.  From now on incident hooks go through
- * it.  It exits when the daemon does.  Returns 0, or -1 (logged).
+ * seccomp filter and runs as user (NULL: the current one).  From now on
+ * incident hooks go through it: it runs the on-incident command of the
+ * conf file at conf (read again for each incident; hook, then the last
+ * one that loaded, when it does not load), never one the daemon names.
+ * It exits when the daemon does.  Returns 0, or -1 (logged).
  */
-int	sandbox_launcher_start(struct event_base *base, const char *user);
+int	sandbox_launcher_start(struct event_base *base, const char *user,
+	    const char *conf, const char *hook);
 
 /*
- * Ask the launcher to run this binary with argv (NULL-terminated, argv[0]
- * included); done(status, arg) runs in the event loop with its wait
- * status, or -1 when it could not start.  One at a time: -1 while
- * another is running or without a launcher.
+ * Ask the launcher to run this binary's update-log-list -c conf;
+ * done(status, arg) runs in the event loop with its wait status, or -1
+ * when it could not start.  One at a time: -1 while one is running or
+ * without a launcher.
  */
-int	sandbox_launch(char *const argv[], void (*done)(int, void *),
-	    void *arg);
+int	sandbox_launch_refresh(void (*done)(int, void *), void *arg);
 
 /* Stop the launcher (it is told by end of file) and reap it. */
 void	sandbox_launcher_stop(void);

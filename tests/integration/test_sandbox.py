@@ -1,6 +1,7 @@
 """The running daemon's sandbox (chroot, user, no capabilities, seccomp),
 its launcher, `log-level`, and a graceful SIGTERM."""
 
+import ctypes
 import json
 import os
 import pwd
@@ -19,6 +20,9 @@ import pytest
 import clients
 import servers
 import slow
+
+PIDFD_GETFD = 438          # the system call's number on x86-64 and arm64
+LAUNCHER_SETTLE = 1.5      # long enough for a launched command to have run
 
 root_only = pytest.mark.skipif(os.geteuid() != 0,
                                reason="the sandbox's drop needs root; run the suite as root")
@@ -110,6 +114,44 @@ def test_hook_runs_as_the_configured_user(upstream, stubborn, certs, shared_dir)
     uid = out / "uid"
     assert slow.wait_until(uid.exists), "the hook did not run under the filter"
     assert uid.read_text().strip() == str(nobody.pw_uid)
+
+
+def _launcher_socket(pid):
+    """The daemon's end of its socket to the launcher, taken out of the
+    running process with pidfd_getfd, as code that took the daemon over
+    could use it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                continue
+            fd = libc.syscall(PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue
+            sock = socket.socket(fileno=fd)
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET:
+                return sock
+            sock.close()
+    finally:
+        os.close(pidfd)
+    pytest.fail("no launcher socket in the daemon")
+
+
+@root_only
+def test_launcher_runs_no_command_the_daemon_names(upstream, stubborn, tmp_path):
+    # The launcher runs outside the chroot and the filter: what it runs
+    # comes from the conf file, never from the daemon's messages.
+    s = stubborn([upstream("first").spec()])
+    marker = tmp_path / "ran"
+    sock = _launcher_socket(s.proc.pid)
+    with sock:
+        sock.send(b"H" + f"touch {marker}".encode() + b"\0" + b'{"event":"x"}')
+        sock.send(b"L/bin/sh\0-c\0" + f"touch {marker}".encode() + b"\0")
+        time.sleep(LAUNCHER_SETTLE)
+    assert not marker.exists(), "the launcher ran a command the daemon named"
+    assert s.alive()
+    _answers(s.port, 3)
 
 
 @pytest.fixture
