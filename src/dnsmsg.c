@@ -307,6 +307,38 @@ dnsmsg_rr_next(struct dnsmsg_rr_iter *it, struct dnsmsg_rr *rr)
 	return true;
 }
 
+/* Whether the name at off ends in a pointer to an earlier offset, or none. */
+static bool
+points_back(const uint8_t *m, size_t off)
+{
+	while (m[off] != 0 && (m[off] & 0xc0) != 0xc0)
+		off += 1 + (size_t)m[off];
+	return m[off] == 0 ||
+	    ((size_t)(m[off] & 0x3f) << 8 | m[off + 1]) < off;
+}
+
+bool
+dnsmsg_reply_wellformed(const uint8_t *m, size_t len)
+{
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr;
+	bool opt = false;
+
+	if (!dnsmsg_rr_first(&it, m, len))
+		return false;
+	/* dnsmsg_rr_next has bounded each name: points_back stays inside. */
+	while (dnsmsg_rr_next(&it, &rr)) {
+		if (!points_back(m, rr.start))
+			return false;
+		if (rr.type == DNS_TYPE_OPT) {
+			if (opt || rr.section != 2 || rr.type_off != rr.start + 1)
+				return false;
+			opt = true;
+		}
+	}
+	return !it.broken;
+}
+
 void
 dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max)
 {

@@ -626,10 +626,14 @@ listener_answer(const struct client *c, uint8_t *msg, size_t len,
     uint16_t udp_size)
 {
 	if (c->tc != NULL) {
-		uint8_t hdr[2] = { (uint8_t)(len >> 8), (uint8_t)len };
+		uint8_t hdr[2];
 
 		if (c->tc->bev == NULL)
 			return;
+		/* Our OPT can take a 65,535-byte answer past what TCP frames. */
+		len = dnsmsg_truncate(msg, len, DNSMSG_MAX_LEN);
+		hdr[0] = (uint8_t)(len >> 8);
+		hdr[1] = (uint8_t)len;
 		bufferevent_write(c->tc->bev, hdr, sizeof(hdr));
 		bufferevent_write(c->tc->bev, msg, len);
 		tcp_client_flow(c->tc);

@@ -78,6 +78,15 @@ bool	dnsmsg_reply_matches(const uint8_t *reply, size_t rlen,
 	    const uint8_t *query, size_t qend);
 
 /*
+ * True when every record the reply's header counts is there, none runs
+ * past its end, each owner name's compression pointer points back (one
+ * forward or at itself is how a loop starts), and an OPT, if any, is
+ * one, in the additional section, owned by the root.  A reply that is not
+ * would reach clients that cannot read it.
+ */
+bool	dnsmsg_reply_wellformed(const uint8_t *reply, size_t rlen);
+
+/*
  * Cut a response to fit max bytes (RFC 1035 4.2.1): keep the header and
  * question, set TC, empty the other sections.  Returns the new length;
  * the message is unchanged when it already fits.

@@ -4,14 +4,18 @@ stubborn must hand each client the one reply that answers its own question,
 keep waiting past the lies, and fail over when the truth never comes."""
 
 import os
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import dns.flags
+import dns.message
 import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 import clients
@@ -287,3 +291,83 @@ def test_answers_trickling_in_under_load_are_not_held_back(hostile, stubborn):
             late.append((name, round(delay, 3)))
     assert not late, f"answers held back until the next one came: {late}"
     assert h.connections == 1 and len(h.queries()) == n
+
+
+def _malformed(kind, query):
+    """The right reply to query, made unreadable past its question."""
+    wire = bytearray(hostile.correct(query))
+    an = struct.unpack("!H", wire[6:8])[0]
+    if kind == "pointer-loop":
+        # One more answer whose owner points at itself.
+        here = len(wire)
+        wire += struct.pack("!HHHIH", 0xC000 | here, 1, 1, 300, 4) + bytes([192, 0, 2, 9])
+        wire[6:8] = struct.pack("!H", an + 1)
+    elif kind == "count-past-end":
+        wire[6:8] = struct.pack("!H", 65535)
+    elif kind == "cut-short":
+        wire = wire[:-3]
+    elif kind == "two-opt":
+        opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+        wire += opt + opt
+        wire[10:12] = struct.pack("!H", struct.unpack("!H", wire[10:12])[0] + 2)
+    elif kind == "opt-in-answer":
+        wire += b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+        wire[6:8] = struct.pack("!H", an + 1)
+    return bytes(wire)
+
+
+class Malformed(hostile.Script):
+    def __init__(self, kind):
+        self.kind = kind
+
+    def on_query(self, conn, query):
+        conn.send(_malformed(self.kind, query))
+
+
+@pytest.mark.parametrize("kind", ["pointer-loop", "count-past-end", "cut-short", "two-opt",
+                                  "opt-in-answer"])
+def test_malformed_answer_fails_over(hostile, upstream, stubborn, kind):
+    # The question matches but the records do not parse: clients would get
+    # what they cannot read.  The next upstream answers instead, at once.
+    h = hostile(Malformed(kind))
+    s = stubborn([h.spec(), upstream("second").spec()])
+    for i, tcp in enumerate((False, True)):
+        t0 = time.monotonic()
+        assert _ok(s.port, servers.who_name(f"bad{i}"), "TXT", tcp=tcp) == ["second"]
+        assert time.monotonic() - t0 < 1.0, "waited for a timeout instead"
+    assert s.alive()
+
+
+def _txt_answer_of(query, size):
+    """A reply to query of exactly `size` bytes, TXT records and no OPT."""
+    r = dns.message.make_response(query)
+    r.use_edns(False)
+    name = query.question[0].name
+    base = len(r.to_wire())
+    per = 2 + 10 + 1 + 255      # owner pointer, fixed fields, one string
+    n, rest = divmod(size - base, per)
+    if rest < 14:               # too little for a record of its own
+        n, rest = n - 1, rest + per
+    texts = [f'"{i:05d}{"a" * 250}"' for i in range(n)] + [f'"{"b" * (rest - 13)}"']
+    r.answer.append(dns.rrset.from_text_list(name, 300, "IN", "TXT", texts))
+    wire = r.to_wire(max_size=65535)
+    assert len(wire) == size, len(wire)
+    return wire
+
+
+class Huge(hostile.Script):
+    def on_query(self, conn, query):
+        conn.send(_txt_answer_of(query, 65535))
+
+
+def test_answer_too_big_for_a_tcp_frame_with_our_opt_is_truncated(hostile, stubborn):
+    # 65,535 bytes from the upstream, plus the OPT an EDNS client gets, is
+    # more than a TCP length prefix can say: the client gets a truncated
+    # answer, framed right, not a wrapped length and stray bytes.
+    h = hostile(Huge())
+    s = stubborn([h.spec()])
+    q = dns.message.make_query("huge.hostile.test", "TXT", use_edns=0, payload=1232)
+    r = dns.query.tcp(q, "127.0.0.1", port=s.port, timeout=10)
+    assert r.id == q.id
+    assert r.flags & dns.flags.TC, r.flags
+    assert s.alive()
