@@ -393,13 +393,19 @@ on_stream_close_cb(nghttp2_session *h2, int32_t id, uint32_t error,
 	if (bad == NULL)
 		upstream_txq_reply(&dc->c, q, st->body, st->len);
 	else {
+		/*
+		 * A GOAWAY refuses, in good faith, what the server will not
+		 * see: ask it again on a new connection.  Refused otherwise,
+		 * the stream failed like any other.
+		 */
+		bool drained = error == NGHTTP2_REFUSED_STREAM && dc->draining;
+
 		log_debug("upstream %s: stream %d: %s (status %d)",
 		    dc->c.up->conf->name, id, bad, st->status);
-		if (error != NGHTTP2_REFUSED_STREAM)
+		if (!drained)
 			upstream_note_failure(dc->c.up, bad);
-		/* Streams refused by a GOAWAY were never seen: ask again. */
-		upstream_txq_failed(&dc->c, q, error == NGHTTP2_REFUSED_STREAM ?
-		    CONN_CLOSED_BUSY : CONN_FAILED);
+		upstream_txq_failed(&dc->c, q, drained ? CONN_CLOSED_BUSY :
+		    CONN_FAILED);
 	}
 	stream_free(st);
 	return 0;

@@ -19,11 +19,15 @@
 
 /*
  * A client retries after a few seconds (dig 5 s, kdig 2 s, glibc 5 s):
- * one upstream gets ATTEMPT_MS before the next is tried, and the client
- * gets SERVFAIL (or a stale answer) within DEADLINE_MS rather than silence.
+ * one upstream gets ATTEMPT_MS before the next is asked too, and the
+ * client gets SERVFAIL (or a stale answer) within DEADLINE_MS rather than
+ * silence.  An upstream passed over keeps its query: a slow answer that
+ * comes first still wins.  ATTEMPTS_MAX are kept at once; a further one
+ * takes the oldest's place, which had its time.
  */
 #define ATTEMPT_MS		1500
-#define DEADLINE_MS		4000
+#define DEADLINE_MS		3800	/* "within 4 s" at the client */
+#define ATTEMPTS_MAX		2
 #define QUERIES_MAX		20000
 #define INFLIGHT_BUCKETS	4096	/* power of two */
 #define SHED_LOG_EVERY_MS	10000
@@ -47,9 +51,19 @@ struct waiter {
 	uint8_t			 qname[255];	/* its spelling of the name */
 };
 
+/* The question asked of one upstream. */
+struct attempt {
+	struct txq		 tx;	/* first: the pool hands back &a->tx */
+	struct query		*q;
+	struct upstream		*up;	/* NULL: no attempt in this slot */
+	uint64_t		 sent_ms;
+	bool			 timed_out;	/* counted against up once */
+};
+
 /* One question in flight upstream, for every client that asked it. */
 struct query {
-	struct txq		 tx;	/* first: the pool hands back &q->tx */
+	struct attempt		 at[ATTEMPTS_MAX];
+	struct attempt		*last;	/* the latest sent, whose time runs */
 	struct resolver		*r;
 	TAILQ_ENTRY(query)	 entry;
 	struct query		*hnext;	/* in-flight map, by key */
@@ -57,10 +71,9 @@ struct query {
 	TAILQ_HEAD(, waiter)	 waiters;
 	uint64_t		 tried;	/* a bit per upstream index */
 	uint64_t		 deadline_ms;
-	uint64_t		 sent_ms;
-	struct upstream		*up;	/* the current attempt's */
 	struct event		 timer;
 	bool			 retried_same;
+	bool			 in_timo;	/* query_timo dispatches after */
 	struct waiter		 first;	/* the first client: no malloc */
 	size_t			 len;
 	uint8_t			 msg[DNSMSG_UPSTREAM_MAX];	/* padded */
@@ -110,8 +123,10 @@ query_free(struct query *q)
 	struct resolver *r = q->r;
 	struct query **pp;
 	struct waiter *w;
+	size_t i;
 
-	upstream_cancel(&q->tx);
+	for (i = 0; i < ATTEMPTS_MAX; i++)
+		upstream_cancel(&q->at[i].tx);
 	evtimer_del(&q->timer);
 	for (pp = bucket(r, &q->key); *pp != NULL; pp = &(*pp)->hnext) {
 		if (*pp == q) {
@@ -174,12 +189,13 @@ static void
 reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 {
 	static uint8_t buf[DNSMSG_MAX_LEN + 11];
-	struct query *q = (struct query *)tx;
+	struct attempt *a = (struct attempt *)tx;
+	struct query *q = a->q;
 	uint64_t now = upstream_now_ms();
 
 	(void)arg;
 	cache_prefetch(q->r->cache, &q->key);
-	upstream_note_rtt(q->up, now - q->sent_ms);
+	upstream_note_rtt(a->up, now - a->sent_ms);
 	/*
 	 * One form for the cache and every client: TTLs within max-ttl, and
 	 * only our own OPT, last (each client then keeps or drops it).
@@ -192,24 +208,63 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	answer_all(q, buf, len);
 }
 
+static bool
+attempts_busy(const struct query *q)
+{
+	size_t i;
+
+	for (i = 0; i < ATTEMPTS_MAX; i++)
+		if (q->at[i].up != NULL)
+			return true;
+	return false;
+}
+
+/* Fire q's timer after ms, or at its deadline if that comes first. */
+static void
+arm(struct query *q, uint64_t now, uint64_t ms)
+{
+	uint64_t left = q->deadline_ms - now;
+	struct timeval tv;
+
+	if (ms == ATTEMPT_MS && left >= ATTEMPT_MS && q->r->attempt_tv != NULL) {
+		evtimer_add(&q->timer, q->r->attempt_tv);	/* O(1) queue */
+		return;
+	}
+	if (ms > left)
+		ms = left;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	evtimer_add(&q->timer, &tv);
+}
+
 static void
 failed_cb(void *arg, struct txq *tx, struct upstream *up, bool retry_same)
 {
-	struct query *q = (struct query *)tx;
+	struct attempt *a = (struct attempt *)tx;
+	struct query *q = a->q;
 
 	(void)arg;
-	evtimer_del(&q->timer);
+	a->up = NULL;
 	/*
 	 * A stream refused while the old pool is cancelled or freed: the
 	 * reload dispatches every query again, on the new pool.
 	 */
 	if (q->r->reloading)
 		return;
-	/* A connection closed under us: the upstream deserves one retry. */
-	if (retry_same && !q->retried_same) {
+	/*
+	 * A connection closed under us: an upstream still up deserves one
+	 * retry.  One that closes every time is down soon (upstream.c).
+	 */
+	if (retry_same && !q->retried_same && up->state == UPSTREAM_UP) {
 		q->retried_same = true;
 		q->tried &= ~((uint64_t)1 << up->index);
 	}
+	/*
+	 * query_timo dispatches once its timeout has closed the connection;
+	 * an earlier attempt's end leaves the latest its time.
+	 */
+	if (q->in_timo || (a != q->last && q->last->up != NULL))
+		return;
 	dispatch(q);
 }
 
@@ -217,47 +272,78 @@ static void
 query_timo(evutil_socket_t fd, short ev, void *arg)
 {
 	struct query *q = arg;
+	struct attempt *a = q->last;
 
 	(void)fd;
 	(void)ev;
-	upstream_cancel(&q->tx);
-	if (q->up != NULL) {
+	/* Too slow, but it keeps its query: its answer may yet come first. */
+	if (a != NULL && a->up != NULL && !a->timed_out) {
+		a->timed_out = true;
 		log_debug("upstream %s: no answer within %llu ms",
-		    q->up->conf->name, (unsigned long long)
-		    (upstream_now_ms() - q->sent_ms));
-		upstream_note_timeout(q->up);
+		    a->up->conf->name, (unsigned long long)
+		    (upstream_now_ms() - a->sent_ms));
+		q->in_timo = true;
+		upstream_note_timeout(a->up, &a->tx);
+		q->in_timo = false;
+		if (a->tx.conn == NULL)
+			a->up = NULL;	/* its connection closed as wedged */
 	}
 	dispatch(q);
 }
 
-/* Send q to the next upstream, or give up when none is left. */
+/* Has the cache a stale answer to serve in place of waiting? */
+static bool
+stale_held(struct query *q)
+{
+	static uint8_t buf[DNSMSG_MAX_LEN];
+
+	return cache_lookup(q->r->cache, &q->key, upstream_now_ms(), true, buf,
+	    sizeof(buf)) > 0;
+}
+
+/*
+ * Ask the next upstream, keeping what is already asked.  With none left,
+ * wait for those asked until the deadline; then (or with none asked) a
+ * stale answer or SERVFAIL.
+ */
 static void
 dispatch(struct query *q)
 {
-	uint64_t now = upstream_now_ms(), left;
+	uint64_t now = upstream_now_ms();
+	struct attempt *a = NULL;
 	struct upstream *up;
-	struct timeval tv;
+	size_t i;
 
-	if (now >= q->deadline_ms ||
-	    (up = upstream_pick(q->r->pool, q->tried)) == NULL) {
+	if (now >= q->deadline_ms) {
 		answer_failure(q);
 		return;
 	}
-	q->tried |= (uint64_t)1 << up->index;
-	q->up = up;
-	q->sent_ms = now;
-	left = q->deadline_ms - now;
-	if (left >= ATTEMPT_MS && q->r->attempt_tv != NULL)
-		evtimer_add(&q->timer, q->r->attempt_tv);	/* O(1) queue */
-	else {
-		if (left > ATTEMPT_MS)
-			left = ATTEMPT_MS;
-		tv.tv_sec = (time_t)(left / 1000);
-		tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
-		evtimer_add(&q->timer, &tv);
+	if ((up = upstream_pick(q->r->pool, q->tried)) == NULL) {
+		/* A stale answer now beats a fresh one later (RFC 8767 5). */
+		if (!attempts_busy(q) || stale_held(q))
+			answer_failure(q);
+		else
+			arm(q, now, q->deadline_ms - now);
+		return;
 	}
+	for (i = 0; i < ATTEMPTS_MAX && a == NULL; i++)
+		if (q->at[i].up == NULL)
+			a = &q->at[i];
+	if (a == NULL) {
+		/* All busy: the oldest had its time. */
+		for (a = &q->at[0], i = 1; i < ATTEMPTS_MAX; i++)
+			if (q->at[i].sent_ms < a->sent_ms)
+				a = &q->at[i];
+		upstream_cancel(&a->tx);
+	}
+	q->tried |= (uint64_t)1 << up->index;
+	a->up = up;
+	a->sent_ms = now;
+	a->timed_out = false;
+	q->last = a;
+	arm(q, now, ATTEMPT_MS);
 	/* q may be answered and freed inside; do not touch it after. */
-	upstream_send(up, &q->tx);
+	upstream_send(up, &a->tx);
 }
 
 struct resolver *
@@ -306,10 +392,15 @@ resolver_reload(struct resolver *r, const struct config *cfg,
 	upstream_pool_carry(pool, r->pool);
 	r->reloading = true;
 	TAILQ_FOREACH(q, &r->queries, entry) {
-		upstream_cancel(&q->tx);
+		size_t i;
+
+		for (i = 0; i < ATTEMPTS_MAX; i++) {
+			upstream_cancel(&q->at[i].tx);
+			q->at[i].up = NULL;
+		}
 		evtimer_del(&q->timer);
 		q->tried = 0;
-		q->up = NULL;
+		q->last = NULL;
 		q->retried_same = false;
 	}
 	upstream_pool_free(r->pool);
@@ -409,7 +500,7 @@ resolver_query(struct resolver *r, const struct client *client,
 	uint64_t now = upstream_now_ms();
 	struct cache_key key;
 	struct query *q;
-	size_t n;
+	size_t n, i;
 
 	if (cache_key_make(msg, info->qend, info->do_bit, &key) != 0) {
 		answer_servfail(client, msg, len, info);
@@ -454,9 +545,13 @@ resolver_query(struct resolver *r, const struct client *client,
 	q->key = key;
 	TAILQ_INIT(&q->waiters);
 	q->len = dnsmsg_upstream_query(msg, info, q->msg);
-	q->tx.msg = q->msg;
-	q->tx.len = q->len;
-	q->tx.qend = info->qend;
+	/* Every attempt sends the same bytes; each transport copies them. */
+	for (i = 0; i < ATTEMPTS_MAX; i++) {
+		q->at[i].q = q;
+		q->at[i].tx.msg = q->msg;
+		q->at[i].tx.len = q->len;
+		q->at[i].tx.qend = info->qend;
+	}
 	q->deadline_ms = now + DEADLINE_MS;
 	evtimer_assign(&q->timer, r->base, query_timo, q);
 	add_waiter(q, client, msg, info);	/* the first cannot fail */

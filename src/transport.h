@@ -70,6 +70,7 @@ struct conn {
 	struct event		*timer;	/* connect timeout, then the transport's */
 	struct event		*tick;	/* reads what coalescing held back */
 	bool			 coalescing;	/* SO_RCVLOWAT raised */
+	bool			 answered;	/* a query got its answer */
 	unsigned		 addr_idx;
 	unsigned		 addrs_left;
 	char			 addrstr[64];

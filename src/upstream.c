@@ -15,7 +15,7 @@
 #include "transport.h"
 
 #define BACKOFF_MAX_SEC		60
-#define TIMEOUTS_DOWN		3	/* consecutive timeouts mark it down */
+#define FAILURES_DOWN		3	/* in a row mark it down */
 
 const double upstream_rtt_bounds[UPSTREAM_RTT_BUCKETS] = {
 	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.5,
@@ -474,13 +474,25 @@ upstream_note_rtt(struct upstream *up, uint64_t rtt_ms)
 	/* EWMA with weight 1/8, as TCP's SRTT (RFC 6298). */
 	up->rtt_ms = up->rtt_ms == 0 ? (unsigned)rtt_ms :
 	    (unsigned)((7ULL * up->rtt_ms + rtt_ms) / 8);
-	up->timeouts = 0;
+	/*
+	 * Only an answer proves an upstream well: a handshake does not (one
+	 * that connects and then says nothing would be retried every second).
+	 */
+	up->failures = 0;
+	up->backoff_sec = 0;
 	/* Down for bad answers on a connection that stayed: it answers again. */
 	if (up->state == UPSTREAM_DOWN) {
 		log_info("upstream %s: up", up->conf->name);
 		up->state = UPSTREAM_UP;
-		up->backoff_sec = 0;
 	}
+}
+
+/* One more failure in a row; FAILURES_DOWN of them mark up down. */
+static void
+count_failure(struct upstream *up, const char *why)
+{
+	if (up->state == UPSTREAM_UP && ++up->failures >= FAILURES_DOWN)
+		mark_down(up, why);
 }
 
 void
@@ -488,15 +500,13 @@ upstream_note_failure(struct upstream *up, const char *why)
 {
 	char buf[160];
 
-	up->stats.errors++;
-	if (up->state != UPSTREAM_UP || ++up->timeouts < TIMEOUTS_DOWN)
-		return;
+	/* Not counted in errors here: upstream_txq_failed counts the query. */
 	snprintf(buf, sizeof(buf), "answers fail: %s", why);
-	mark_down(up, buf);
+	count_failure(up, buf);
 }
 
 void
-upstream_note_timeout(struct upstream *up)
+upstream_note_timeout(struct upstream *up, struct txq *q)
 {
 	struct conn *c;
 
@@ -505,10 +515,12 @@ upstream_note_timeout(struct upstream *up)
 	up->rtt_ms = up->rtt_ms ? (up->rtt_ms > 30000 ? 60000 :
 	    up->rtt_ms * 2) : 1500;
 	/* A down upstream's probe that times out lengthens its backoff. */
-	if (up->state != UPSTREAM_DOWN &&
-	    (++up->timeouts < TIMEOUTS_DOWN || up->state != UPSTREAM_UP))
+	if (up->state == UPSTREAM_DOWN)
+		mark_down(up, "queries time out");
+	else
+		count_failure(up, "queries time out");
+	if (up->state != UPSTREAM_DOWN)
 		return;
-	mark_down(up, "queries time out");
 	/*
 	 * The connection itself may be wedged (a frame that never ends, a
 	 * server that stopped reading): the next probe gets a new one.
@@ -516,6 +528,9 @@ upstream_note_timeout(struct upstream *up)
 	if ((c = up->conn) != NULL && c->state == CONN_READY) {
 		log_info("upstream %s: %s: closing the connection its queries "
 		    "timed out on", up->conf->name, c->addrstr);
+		/* q's timeout is counted: the close must not fail it again. */
+		if (q->conn == c)
+			c->ops->cancel(c, q);
 		c->io->fail(c, c->io->busy(c) ? CONN_CLOSED_BUSY :
 		    CONN_CLOSED_IDLE);
 	}
@@ -536,9 +551,8 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		up->stats.handshakes++;
 		if (up->state != UPSTREAM_UP)
 			log_info("upstream %s: up", up->conf->name);
+		/* Backoff and failures stand until it answers (note_rtt). */
 		up->state = UPSTREAM_UP;
-		up->backoff_sec = 0;
-		up->timeouts = 0;
 		break;
 	case CONN_FAILED:
 		mark_down(up, "cannot connect");
@@ -556,9 +570,16 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		    up->conf->name, up->quarantine_sec);
 		quarantine_save(up->pool);
 		break;
-	case CONN_CLOSED_IDLE:
 	case CONN_CLOSED_BUSY:
+		/* Reset, hung up on, or broke HTTP/2 with queries in flight. */
+		count_failure(up, "connections close with queries in flight");
+		break;
 	case CONN_DRAINING:
+		/* A GOAWAY before any answer: it takes no queries at all. */
+		if (!c->answered)
+			count_failure(up, "connections refuse queries");
+		break;
+	case CONN_CLOSED_IDLE:
 		break;
 	}
 }
@@ -601,7 +622,7 @@ upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 {
 	struct upstream_pool *pool = c->up->pool;
 
-	c->up->timeouts = 0;
+	c->answered = true;
 	pool->cbs.reply(pool->cbs.arg, q, msg, len);
 }
 

@@ -54,7 +54,7 @@ struct upstream {
 	uint64_t		 retry_at_ms;	/* DOWN: monotonic */
 	time_t			 quarantine_until;	/* wall clock */
 	unsigned		 backoff_sec;
-	unsigned		 timeouts;	/* consecutive */
+	unsigned		 failures;	/* in a row; an answer resets */
 	unsigned		 rtt_ms;	/* EWMA; 0: not measured yet */
 	unsigned		 next_addr;	/* bootstrap address to try */
 	long			 quarantine_sec;	/* from [trust] */
@@ -135,12 +135,18 @@ void	upstream_cancel(struct txq *q);
 /* A reply from up took rtt_ms: fold it into up's RTT average. */
 void	upstream_note_rtt(struct upstream *up, uint64_t rtt_ms);
 
-/* q timed out on up: count it against up's health. */
-void	upstream_note_timeout(struct upstream *up);
+/*
+ * q timed out on up: count it against up's health.  Timeouts, unusable
+ * answers and connections lost with queries in flight, FAILURES_DOWN in a
+ * row with no answer between, mark up down.  q stays attached, its answer
+ * still welcome, unless its connection is closed for this (then q is
+ * detached, with no callback).
+ */
+void	upstream_note_timeout(struct upstream *up, struct txq *q);
 
 /*
- * up answered q with something unusable (why, in words): as many in a row
- * as timeouts mark it down, so queries stop going there first.
+ * up answered q with something unusable (why, in words): a failure, as a
+ * timeout is, so queries stop going there first.
  */
 void	upstream_note_failure(struct upstream *up, const char *why);
 

@@ -228,7 +228,7 @@ act(struct conn *c, struct bufferevent *server, unsigned a)
 		/* The resolver's query_timo; with one upstream, no retry. */
 		q->state = Q_TIMED_OUT;
 		upstream_cancel(&q->tx);
-		upstream_note_timeout(up);
+		upstream_note_timeout(up, &q->tx);
 		check(q->tx.conn == NULL, "cancel left the query attached");
 		spin();
 		if (bufferevent_pair_get_partner(server) == NULL)

@@ -579,6 +579,21 @@ def test_goaway_every_time_fails_over_to_the_next_upstream(hostile_h2, upstream,
     assert s.alive()
 
 
+def test_goaway_before_any_answer_marks_the_upstream_down(hostile_h2, upstream, stubborn):
+    # A server that sends every connection away before answering on it
+    # takes no queries at all: after three such connections it is down,
+    # and queries stop costing a detour through it.
+    h = hostile_h2(Goaway())
+    second = upstream("second", transports=("doh",))
+    s = stubborn([h.spec(), second.spec()], verbose=True)
+    for i in range(6):
+        answers, elapsed = _who(s.port, f"goaway-down{i}", tcp=bool(i % 2))
+        assert answers == ["second"]
+    assert re.search(r"upstream hostile: down \(", s.log_text()), s.log_text()
+    assert h.connections <= 4, h.log_text()
+    assert s.alive()
+
+
 class Drain(Script):
     """Connection 1 takes two requests, sends GOAWAY naming the lower
     stream as the last it will process, answers that one, hangs up.  Later

@@ -1,6 +1,7 @@
 """Losing upstreams: a dead one is skipped, and when none is usable the
 client is told SERVFAIL promptly instead of waiting out its own timeout."""
 
+import re
 import threading
 import time
 
@@ -9,7 +10,9 @@ import dns.rcode
 import pytest
 
 import clients
+import hostile as hostile_mod
 import servers
+import slow
 
 
 def test_upstream_killed_mid_run(upstream, stubborn):
@@ -109,6 +112,9 @@ def test_all_upstreams_bad_gives_prompt_servfail(upstream, closed_upstream, sile
 
     # Twice: the first time the handshakes fail, the second time the
     # upstreams are already quarantined or known down; both must be fast.
+    # A silent upstream is waited for until the deadline (it could still
+    # answer, with nothing else left to ask): SERVFAIL comes within 4 s.
+    limit = 4.0 if "silent" in kinds else 2.5
     for attempt in range(2):
         for tcp in (False, True):
             t0 = time.monotonic()
@@ -118,7 +124,7 @@ def test_all_upstreams_bad_gives_prompt_servfail(upstream, closed_upstream, sile
             assert r.id == q.id
             assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
             assert r.answer == []
-            assert elapsed < 4.0, f"SERVFAIL took {elapsed:.2f}s"
+            assert elapsed < limit, f"SERVFAIL took {elapsed:.2f}s"
 
     for u in bad_servers:
         assert u.queries_seen() == 0, (u.name, u.queries())
@@ -126,4 +132,62 @@ def test_all_upstreams_bad_gives_prompt_servfail(upstream, closed_upstream, sile
     reasons = {i.get("upstream"): i.get("reason") for i in s.incidents()}
     for u in bad_servers:
         assert reasons.get(u.name) == REASON[u.cert.name], (u.name, s.incidents())
+    assert s.alive()
+
+
+# --- slow upstreams: an answer past the attempt time still counts ---------
+
+SLOW = 2.0      # past the 1.5 s attempt, well inside the 4 s deadline
+
+
+def test_slow_upstream_alone_is_waited_for(hostile, stubborn):
+    # With nobody else to ask, an upstream past its 1.5 s keeps its query
+    # until the deadline: its answer beats a SERVFAIL at 1.5 s.
+    h = hostile(slow.Delayed(SLOW, hostile_mod.correct))
+    s = stubborn([h.spec()])
+    for i, tcp in enumerate((False, True)):
+        t0 = time.monotonic()
+        q, r = clients.ask(s.port, f"slow{i}.hostile.test", "A", tcp=tcp, timeout=5.0)
+        elapsed = time.monotonic() - t0
+        assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+        assert clients.answer_strings(r, "A") == [hostile_mod.DEFAULT_DATA["A"]]
+        assert SLOW - 0.1 < elapsed < 3.5, f"answer took {elapsed:.2f}s"
+    assert [q[2] for q in h.queries()] == ["slow0.hostile.test.", "slow1.hostile.test."]
+    assert s.alive()
+
+
+def test_slow_first_upstream_still_answers_while_the_next_is_asked(hostile, silent_upstream,
+                                                                   stubborn):
+    # The second upstream is asked at 1.5 s, and never answers; the first
+    # keeps its query, and its answer at 2 s is the one the client gets.
+    h = hostile(slow.Delayed(SLOW, hostile_mod.correct))
+    s = stubborn([h.spec(), silent_upstream("second")])
+    t0 = time.monotonic()
+    q, r = clients.ask(s.port, "late.hostile.test", "A", timeout=5.0)
+    elapsed = time.monotonic() - t0
+    assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+    assert clients.answer_strings(r, "A") == [hostile_mod.DEFAULT_DATA["A"]]
+    assert elapsed < 3.5, f"answer took {elapsed:.2f}s"
+    assert s.alive()
+
+
+def test_upstream_silent_after_its_handshake_backs_off(hostile, upstream, stubborn):
+    # A handshake proves nothing: only an answer ends the backoff.  An
+    # upstream that connects, then never answers, is marked down again by
+    # the first query that times out after each handshake, for twice as
+    # long each time, rather than taking three queries' time every second.
+    h = hostile(hostile_mod.Script())
+    s = stubborn([h.spec(), upstream("second").spec()])
+    pat = re.compile(r"upstream hostile: down \(queries time out\); retry in (\d+) s")
+    downs, i = [], 0
+    deadline = time.monotonic() + 20.0
+    while len(downs) < 3 and time.monotonic() < deadline:
+        q, r = clients.ask(s.port, servers.who_name(f"mute{i}"), "TXT", timeout=5.0)
+        assert clients.answer_strings(r, "TXT") == ["second"]
+        i += 1
+        time.sleep(0.1)
+        downs = pat.findall(s.log_text())
+    assert downs[:3] == ["1", "2", "4"], s.log_text()
+    # Three queries to mark it down the first time, then one per probe.
+    assert len(h.queries()) == 5, h.queries()
     assert s.alive()

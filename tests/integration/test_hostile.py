@@ -4,6 +4,7 @@ stubborn must hand each client the one reply that answers its own question,
 keep waiting past the lies, and fail over when the truth never comes."""
 
 import os
+import re
 import struct
 import threading
 import time
@@ -260,6 +261,22 @@ def test_hangup_once_is_retried_on_the_same_upstream(hostile, upstream, stubborn
     s = stubborn([h.spec(), upstream("second").spec()])
     assert _ok(s.port, "once.hostile.test", timeout=6.0) == ["192.0.2.77"]
     assert [q[0] for q in h.queries()] == [1, 2]
+    assert s.alive()
+
+
+def test_upstream_that_hangs_up_every_time_is_marked_down(hostile, upstream, stubborn):
+    # Three connections lost with queries in flight, no answer between:
+    # down, so the next queries go straight to the next upstream instead
+    # of costing two connections each.
+    h = hostile(HangUp())
+    s = stubborn([h.spec(), upstream("second").spec()])
+    for i in range(8):
+        assert _ok(s.port, servers.who_name(f"hangups{i}"), "TXT", tcp=bool(i % 2),
+                   timeout=6.0) == ["second"]
+    assert re.search(r"upstream hostile: down \(connections close with queries in flight\)",
+                     s.log_text()), s.log_text()
+    # Within the first 1 s backoff, unless the machine is very slow.
+    assert len(h.queries()) <= 4, h.queries()
     assert s.alive()
 
 

@@ -362,8 +362,13 @@ def test_healthz_200_again_once_a_down_upstream_answers_on_its_connection(
     q, r = clients.ask(s.port, servers.zone_name(3), "A")
     assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
     assert _get(mport, "/healthz")[0] == 200
-    assert _scrape(mport)("stubborn_upstream_state", upstream=h.spec().name,
-                          state="up") == 1
+    m = _scrape(mport)
+    name = h.spec().name
+    assert m("stubborn_upstream_state", upstream=name, state="up") == 1
+    # Each failed query counts once among the errors, however it failed.
+    assert m("stubborn_upstream_queries_total", upstream=name) == 4
+    assert m("stubborn_upstream_errors_total", upstream=name) == 3
+    assert m("stubborn_upstream_answers_total", upstream=name) == 1
     assert h.connections == 1
 
 
