@@ -416,8 +416,10 @@ ct_loglist_load(const char *path, FILE *errs)
 	}
 	list = ct_loglist_parse(buf, n, path, errs);
 	/* Apple's layout carries no log_list_timestamp: date it by the file. */
-	if (list != NULL && list->timestamp_ms == 0)
+	if (list != NULL && list->timestamp_ms == 0) {
 		list->timestamp_ms = (int64_t)st.st_mtime * 1000;
+		list->dated_by_file = true;
+	}
 done:
 	free(buf);
 	fclose(fp);
@@ -426,18 +428,35 @@ done:
 
 int
 ct_loglist_install(const char *path, const char *json, size_t len,
-    const char *origin, FILE *out, FILE *errs)
+    const char *origin, int64_t installed_ms, long max_age_sec, FILE *out,
+    FILE *errs)
 {
 	struct ct_loglist *list;
-	char *tmp = NULL, *dir = NULL, when[40];
+	char *tmp = NULL, *dir = NULL, when[40], then[40];
 	int fd = -1, dfd = -1, rc = -1;
+	int64_t age_ms;
 	size_t done = 0;
 
 	if ((list = ct_loglist_parse(json, len, origin, errs)) == NULL)
 		return -1;
+	age_ms = (int64_t)time(NULL) * 1000 - list->timestamp_ms;
+	ct_format_time(list->timestamp_ms, when, sizeof(when));
 	if (list->timestamp_ms == 0)
 		fprintf(errs, "%s: no log_list_timestamp: the list is dated "
 		    "by the file from now on\n", origin);
+	else if (list->timestamp_ms < installed_ms) {
+		/* A mirror gone stale, or someone serving an old list. */
+		fprintf(errs, "%s: the list is of %s, older than the one "
+		    "installed (%s)\n", origin, when,
+		    ct_format_time(installed_ms, then, sizeof(then)));
+		goto done;
+	} else if (age_ms / 1000 > max_age_sec) {
+		fprintf(errs, "%s: the list is of %s, %lld days old: past "
+		    "ct-max-list-age (%ld days), so CT would be report-only "
+		    "with it\n", origin, when, (long long)(age_ms / 86400000),
+		    max_age_sec / 86400);
+		goto done;
+	}
 	if (asprintf(&tmp, "%s.XXXXXX", path) == -1) {
 		tmp = NULL;
 		goto done;
@@ -476,8 +495,7 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 	}
 	fprintf(out, "installed %s from %s: version %s of %s, %zu logs of "
 	    "%zu operators\n", path, origin, list->version ? list->version :
-	    "?", ct_format_time(list->timestamp_ms, when, sizeof(when)),
-	    list->nlogs, list->noperators);
+	    "?", when, list->nlogs, list->noperators);
 	rc = 0;
 done:
 	if (fd != -1)

@@ -156,6 +156,13 @@ cmd_check_config(int argc, char **argv)
 			log_warnx("no usable CT log list (%s): certificates "
 			    "will not be checked for CT until one is installed",
 			    cfg->ct_log_list ? cfg->ct_log_list : "none set");
+		else if (time(NULL) - list->timestamp_ms / 1000 >
+		    cfg->ct_max_list_age)
+			log_warnx("CT log list %s is %lld days old (ct-max-list-"
+			    "age is %ld days): CT is report-only until it is "
+			    "refreshed", cfg->ct_log_list, (long long)
+			    ((time(NULL) - list->timestamp_ms / 1000) / 86400),
+			    cfg->ct_max_list_age / 86400);
 		ct_loglist_free(list);
 	}
 	if (rc == 0)
@@ -811,9 +818,12 @@ cmd_update_log_list(int argc, char **argv)
 	struct run_opts o = { 0 };
 	struct config *cfg;
 	struct tls_client tc;
+	struct ct_loglist *cur;
 	const char *url;
 	char err[512] = "", *body = NULL;
+	int64_t installed_ms = 0;
 	size_t len = 0;
+	FILE *quiet;
 	int rc;
 
 	if (parse_run_opts(argc, argv, &o, false, 1) != 0)
@@ -840,8 +850,16 @@ cmd_update_log_list(int argc, char **argv)
 	if (rc == 0 && tls_client_get(&tc, CT_LIST_MAX_BYTES, &body, &len,
 	    err, sizeof(err)) != 0)
 		rc = -1;
+	/* No going back past the list in place (unless it is unreadable). */
+	if (rc == 0 && (quiet = fopen("/dev/null", "w")) != NULL) {
+		cur = ct_loglist_load(cfg->ct_log_list, quiet);
+		if (cur != NULL && !cur->dated_by_file)
+			installed_ms = cur->timestamp_ms;
+		ct_loglist_free(cur);
+		fclose(quiet);
+	}
 	if (rc == 0 && ct_loglist_install(cfg->ct_log_list, body, len, url,
-	    stdout, stderr) != 0)
+	    installed_ms, cfg->ct_max_list_age, stdout, stderr) != 0)
 		rc = -1;
 	if (rc != 0) {
 		if (body == NULL)

@@ -51,6 +51,7 @@ struct ct_loglist {
 	struct ct_log	 *logs;
 	size_t		  nlogs;
 	int64_t		  timestamp_ms;	/* log_list_timestamp, or file mtime */
+	bool		  dated_by_file;	/* no log_list_timestamp */
 	char		 *version;
 };
 
@@ -71,11 +72,15 @@ struct ct_loglist *ct_loglist_load(const char *path, FILE *errs);
 /*
  * Validate the list in json (len bytes, fetched from origin) and, when it
  * parses, replace path with it atomically (a temporary file in the same
- * directory, fsync, rename).  What was installed goes to out, problems to
- * errs.  Returns 0, or -1 with path untouched.
+ * directory, fsync, rename).  A dated list older than installed_ms (the
+ * list in place; 0 for none) or than max_age_sec is refused: a rollback,
+ * or a list that would be report-only the moment it landed.  What was
+ * installed goes to out, problems to errs.  Returns 0, or -1 with path
+ * untouched.
  */
 int	ct_loglist_install(const char *path, const char *json, size_t len,
-	    const char *origin, FILE *out, FILE *errs);
+	    const char *origin, int64_t installed_ms, long max_age_sec,
+	    FILE *out, FILE *errs);
 
 /* NULL is a no-op. */
 void	ct_loglist_free(struct ct_loglist *list);

@@ -151,8 +151,12 @@ def web(tmp_path_factory, universe, ipv6):
     ca.write(d / "ca")
     rogue_ca = ctf.CA(universe.now, cn="untrusted list server")
     good = json.dumps(universe.log_list(), indent=1).encode() + b"\n"
+    old = json.dumps(universe.log_list(timestamp=universe.now - 5 * DAY)).encode() + b"\n"
+    stale = json.dumps(universe.log_list(timestamp=universe.now - 400 * DAY)).encode() + b"\n"
     routes = {
         "/log_list.json": ("application/json", good),
+        "/old.json": ("application/json", old),
+        "/stale.json": ("application/json", stale),
         "/not-json": ("text/html", b"<html><body>moved</body></html>\n"),
         "/malformed.json": ("application/json", b'{"version": "1", "log_list_timestamp": '
                                                 b'"2026-01-01T00:00:00Z"}\n'),
@@ -242,6 +246,53 @@ def test_update_failure_keeps_old_list(stubborn_bin, universe, web, tmp_path, ca
     assert re.search(why, p.stderr, re.I), f"stderr does not say why ({why}):\n{p.stderr}"
     assert target.read_bytes() == before
     assert sorted(os.listdir(lists)) == ["log_list.json"]
+
+
+def test_update_refuses_a_list_older_than_the_installed_one(stubborn_bin, universe, web,
+                                                            tmp_path):
+    # A stale mirror, or a server replaying an old list, must not undo a
+    # newer list: logs retired since would count again.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    target = lists / "log_list.json"
+    universe.write_log_list(target, timestamp=universe.now - 1 * DAY)
+    before = target.read_bytes()
+    conf = _conf(tmp_path, universe, target)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/old.json"), conf)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "older than the one installed" in p.stderr, p.stderr
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    # The same older list is fine where nothing newer is in place.
+    target.unlink()
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/old.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+
+
+def test_update_refuses_a_list_past_ct_max_list_age(stubborn_bin, universe, web, tmp_path):
+    # CT would be report-only with it at once: say so, rather than install
+    # it and report success.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    target = lists / "log_list.json"
+    conf = _conf(tmp_path, universe, target)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/stale.json"), conf)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert re.search(r"400 days old: past ct-max-list-age \(70 days\)", p.stderr), p.stderr
+    assert not target.exists()
+    assert sorted(os.listdir(lists)) == []
+
+
+def test_check_config_warns_about_a_stale_list(stubborn_bin, universe, tmp_path):
+    target = tmp_path / "log_list.json"
+    universe.write_log_list(target, timestamp=universe.now - 100 * DAY)
+    p = _run([stubborn_bin, "check-config", "-c", str(_conf(tmp_path, universe, target))])
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert re.search(r"is 100 days old \(ct-max-list-age is 70 days\): CT is report-only",
+                     p.stderr), p.stderr
+    universe.write_log_list(target)
+    p = _run([stubborn_bin, "check-config", "-c", str(_conf(tmp_path, universe, target))])
+    assert p.returncode == 0 and "days old" not in p.stderr, p.stderr
 
 
 def test_update_connection_refused_keeps_old_list(stubborn_bin, universe, web, tmp_path):
