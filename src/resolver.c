@@ -194,8 +194,19 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	uint64_t now = upstream_now_ms();
 
 	(void)arg;
-	cache_prefetch(q->r->cache, &q->key);
 	upstream_note_rtt(a->up, now - a->sent_ms);
+	/*
+	 * SERVFAIL may be that upstream's trouble, not the name's: another
+	 * upstream up and not asked yet gets the question (as unbound's
+	 * forwarding does).  The last SERVFAIL is passed on.
+	 */
+	if (dnsmsg_rcode(msg) == DNS_RCODE_SERVFAIL &&
+	    upstream_pick(q->r->pool, q->tried, true) != NULL) {
+		a->up = NULL;
+		dispatch(q);
+		return;
+	}
+	cache_prefetch(q->r->cache, &q->key);
 	/*
 	 * One form for the cache and every client: TTLs within max-ttl, and
 	 * only our own OPT, last (each client then keeps or drops it).
@@ -318,7 +329,7 @@ dispatch(struct query *q)
 		answer_failure(q);
 		return;
 	}
-	if ((up = upstream_pick(q->r->pool, q->tried)) == NULL) {
+	if ((up = upstream_pick(q->r->pool, q->tried, false)) == NULL) {
 		/* A stale answer now beats a fresh one later (RFC 8767 5). */
 		if (!attempts_busy(q) || stale_held(q))
 			answer_failure(q);

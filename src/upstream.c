@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "stubborn/dnsmsg.h"
 #include "stubborn/log.h"
 #include "stubborn/tls.h"
 #include "stubborn/denylist.h"
@@ -352,7 +353,7 @@ usable(struct upstream *up, uint64_t now_ms, bool any_down)
 }
 
 struct upstream *
-upstream_pick(struct upstream_pool *pool, uint64_t tried)
+upstream_pick(struct upstream_pool *pool, uint64_t tried, bool up_only)
 {
 	uint64_t now = upstream_now_ms();
 	struct upstream *best = NULL;
@@ -372,12 +373,12 @@ upstream_pick(struct upstream_pool *pool, uint64_t tried)
 		if (best != NULL)
 			return best;
 	}
-	for (pass = 0; pass < 2; pass++) {
+	for (pass = 0; pass < (up_only ? 1 : 2); pass++) {
 		for (i = 0; i < pool->n; i++) {
 			struct upstream *up = &pool->ups[i];
 
-			if (!(tried & ((uint64_t)1 << i)) &&
-			    usable(up, now, pass == 1))
+			if (!(tried & ((uint64_t)1 << i)) && (up_only ?
+			    up->state == UPSTREAM_UP : usable(up, now, pass == 1)))
 				return up;
 		}
 	}
@@ -622,6 +623,17 @@ upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 {
 	struct upstream_pool *pool = c->up->pool;
 
+	/*
+	 * REFUSED: that upstream will not serve us (an ACL, a rate limit),
+	 * which says nothing of the name.  Not an answer to pass on: the
+	 * next upstream's instead, and as many in a row mark it down.
+	 */
+	if (dnsmsg_rcode(msg) == DNS_RCODE_REFUSED) {
+		log_debug("upstream %s: REFUSED", c->up->conf->name);
+		upstream_note_failure(c->up, "REFUSED");
+		upstream_txq_failed(c, q, CONN_FAILED);
+		return;
+	}
 	c->answered = true;
 	pool->cbs.reply(pool->cbs.arg, q, msg, len);
 }

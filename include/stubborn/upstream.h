@@ -122,9 +122,11 @@ void	upstream_pool_drop_denied(struct upstream_pool *pool);
  * The first usable upstream in conf order that is not in tried (a bit
  * per index): UP, or DOWN with its backoff over; failing those, any DOWN
  * one (better a retry than SERVFAIL).  Never a quarantined one.  NULL
- * when none is left.
+ * when none is left.  With up_only, an UP one or NULL: for a second
+ * opinion, worth asking only of an upstream known to answer.
  */
-struct upstream *upstream_pick(struct upstream_pool *pool, uint64_t tried);
+struct upstream *upstream_pick(struct upstream_pool *pool, uint64_t tried,
+	    bool up_only);
 
 /* Send q to up, opening a connection when there is none. */
 void	upstream_send(struct upstream *up, struct txq *q);

@@ -242,7 +242,7 @@ fuzz_quarantine(const uint8_t *data, size_t len)
 			fprintf(stderr, "quarantine: %s until %lld\n",
 			    up->conf->name, (long long)up->quarantine_until);
 		if (up->state == UPSTREAM_QUARANTINED)
-			check(upstream_pick(pool, ~((uint64_t)1 << i)) == NULL,
+			check(upstream_pick(pool, ~((uint64_t)1 << i), false) == NULL,
 			    "a quarantined upstream was picked");
 	}
 	/* Every other one is quarantined: nothing for health to reconnect. */

@@ -6,6 +6,7 @@ import threading
 import time
 
 import dns.exception
+import dns.message
 import dns.rcode
 import pytest
 
@@ -191,3 +192,62 @@ def test_upstream_silent_after_its_handshake_backs_off(hostile, upstream, stubbo
     # Three queries to mark it down the first time, then one per probe.
     assert len(h.queries()) == 5, h.queries()
     assert s.alive()
+
+
+# --- SERVFAIL and REFUSED from an upstream ---------------------------------
+
+def refused(query):
+    r = dns.message.make_response(query)
+    r.set_rcode(dns.rcode.REFUSED)
+    return r.to_wire()
+
+
+@pytest.mark.parametrize("make", [slow.servfail, refused], ids=["servfail", "refused"])
+def test_upstream_failure_rcode_is_asked_of_the_next_upstream(hostile, upstream, stubborn,
+                                                               make):
+    # SERVFAIL or REFUSED is that upstream's trouble, not necessarily the
+    # name's: the next upstream answers, at once.
+    h = hostile(slow.Answer(make))
+    s = stubborn([h.spec(), upstream("second").spec()])
+    for i, tcp in enumerate((False, True)):
+        t0 = time.monotonic()
+        q, r = clients.ask(s.port, servers.who_name(f"rc{i}"), "TXT", tcp=tcp, timeout=5.0)
+        elapsed = time.monotonic() - t0
+        assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+        assert clients.answer_strings(r, "TXT") == ["second"]
+        assert elapsed < 1.0, f"answer took {elapsed:.2f}s"
+    assert len(h.queries()) == 2
+    assert s.alive()
+
+
+def test_servfail_from_every_upstream_is_passed_on(hostile, stubborn):
+    # Each upstream asked once, then the last one's SERVFAIL is the answer,
+    # not a wait for the deadline.
+    first = hostile(slow.Answer(slow.servfail), name="first")
+    second = hostile(slow.Answer(slow.servfail), name="second")
+    s = stubborn([first.spec(), second.spec()])
+    t0 = time.monotonic()
+    q, r = clients.ask(s.port, "bogus.hostile.test", "A", timeout=5.0)
+    assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+    assert time.monotonic() - t0 < 1.0
+    assert len(first.queries()) == 1 and len(second.queries()) == 1
+    # SERVFAIL says the upstream is alive: it stays first in line.
+    q, r = clients.ask(s.port, "bogus2.hostile.test", "A", timeout=5.0)
+    assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+    assert len(first.queries()) == 2
+    assert s.alive()
+
+
+def test_upstream_that_refuses_everything_is_marked_down(hostile, upstream, stubborn):
+    h = hostile(slow.Answer(refused))
+    s = stubborn([h.spec(), upstream("second").spec()])
+    for i in range(6):
+        q, r = clients.ask(s.port, servers.who_name(f"acl{i}"), "TXT", timeout=5.0)
+        assert clients.answer_strings(r, "TXT") == ["second"]
+    assert re.search(r"upstream hostile: down \(answers fail: REFUSED\)", s.log_text())
+    assert len(h.queries()) <= 4, h.queries()
+    # Alone, a refusing upstream gives the client SERVFAIL: stubborn does
+    # not refuse its own client.
+    s2 = stubborn([h.spec()])
+    q, r = clients.ask(s2.port, "alone.hostile.test", "A", timeout=5.0)
+    assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
