@@ -440,6 +440,14 @@ def _act(kind):
     def status_500(conn, req):
         conn.respond(req, hostile.correct(req.query), status=500)
 
+    def status_not_digits(conn, req):
+        # Digits by arithmetic ('1', ':' and '0' would add up to 200):
+        # only three real digits make a status.
+        conn.respond(req, hostile.correct(req.query), status="1:0")
+
+    def status_2000(conn, req):
+        conn.respond(req, hostile.correct(req.query), status="2000")
+
     def text_plain(conn, req):
         # A perfectly good DNS answer: only the type is wrong.
         conn.respond(req, hostile.correct(req.query), content_type="text/plain")
@@ -469,6 +477,7 @@ def _act(kind):
         "status-500": status_500, "text-plain": text_plain,
         "no-content-type": no_content_type, "oversize-body": oversize,
         "rst-stream": rst_stream, "rst-refused": rst_refused,
+        "status-not-digits": status_not_digits, "status-2000": status_2000,
         "wrong-question": wrong_question, "short-body": short_body,
     }[kind]
 
@@ -487,7 +496,7 @@ class Spoil(Script):
             conn.answer(req)
 
 
-STREAM_LIES = ["status-500", "text-plain", "no-content-type", "oversize-body",
+STREAM_LIES = ["status-500", "status-not-digits", "status-2000", "text-plain", "no-content-type", "oversize-body",
                "rst-stream", "rst-refused", "wrong-question", "short-body"]
 
 
