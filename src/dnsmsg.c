@@ -307,63 +307,6 @@ dnsmsg_rr_next(struct dnsmsg_rr_iter *it, struct dnsmsg_rr *rr)
 	return true;
 }
 
-/* Whether the name at off ends in a pointer to an earlier offset, or none. */
-static bool
-points_back(const uint8_t *m, size_t off)
-{
-	while (m[off] != 0 && (m[off] & 0xc0) != 0xc0)
-		off += 1 + (size_t)m[off];
-	return m[off] == 0 ||
-	    ((size_t)(m[off] & 0x3f) << 8 | m[off + 1]) < off;
-}
-
-bool
-dnsmsg_reply_wellformed(const uint8_t *m, size_t len)
-{
-	struct dnsmsg_rr_iter it;
-	struct dnsmsg_rr rr;
-	bool opt = false;
-
-	if (!dnsmsg_rr_first(&it, m, len))
-		return false;
-	/* dnsmsg_rr_next has bounded each name: points_back stays inside. */
-	while (dnsmsg_rr_next(&it, &rr)) {
-		if (!points_back(m, rr.start))
-			return false;
-		if (rr.type == DNS_TYPE_OPT) {
-			if (opt || rr.section != 2 || rr.type_off != rr.start + 1)
-				return false;
-			opt = true;
-		}
-	}
-	return !it.broken;
-}
-
-void
-dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max)
-{
-	struct dnsmsg_rr_iter it;
-	struct dnsmsg_rr rr;
-
-	if (!dnsmsg_rr_first(&it, msg, len))
-		return;
-	while (dnsmsg_rr_next(&it, &rr)) {
-		uint32_t ttl = rr.ttl;
-
-		if (rr.type == DNS_TYPE_OPT)
-			continue;
-		/* RFC 2181 8: a TTL with the top bit set means 0. */
-		if (ttl > 0x7fffffff)
-			ttl = 0;
-		else if (ttl > max)
-			ttl = max;
-		if (ttl != rr.ttl) {
-			put16(msg + rr.type_off + 4, (uint16_t)(ttl >> 16));
-			put16(msg + rr.type_off + 6, (uint16_t)ttl);
-		}
-	}
-}
-
 /*
  * The response without its OPT record wherever it is: re-rendered by
  * ldns, which compresses anew, since records after it may be named by
@@ -397,24 +340,14 @@ drop_opt_slowly(uint8_t *msg, size_t len, size_t maxlen)
 	return n;
 }
 
-size_t
-dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
+/* Replace the OPT found (NULL: none) with ours, or with none. */
+static size_t
+set_opt(uint8_t *msg, size_t len, size_t maxlen, const struct dnsmsg_rr *found,
+    bool edns)
 {
-	struct dnsmsg_rr_iter it;
-	struct dnsmsg_rr rr, opt = { 0 };
-	bool found = false;
+	struct dnsmsg_rr opt = found != NULL ? *found : (struct dnsmsg_rr){ 0 };
 	size_t n;
 
-	if (!dnsmsg_rr_first(&it, msg, len))
-		return len;
-	while (dnsmsg_rr_next(&it, &rr)) {
-		if (rr.section == 2 && rr.type == DNS_TYPE_OPT) {
-			opt = rr;
-			found = true;
-		}
-	}
-	if (it.broken)
-		return len;
 	if (found) {
 		if (opt.end == len) {
 			len = opt.start;
@@ -436,6 +369,75 @@ dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
 	put16(msg + len + 9, 0);
 	put16(msg + 10, (uint16_t)(get16(msg + 10) + 1));
 	return len + 11;
+}
+
+size_t
+dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
+{
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr, opt = { 0 };
+	bool found = false;
+
+	if (!dnsmsg_rr_first(&it, msg, len))
+		return len;
+	while (dnsmsg_rr_next(&it, &rr)) {
+		if (rr.section == 2 && rr.type == DNS_TYPE_OPT) {
+			opt = rr;
+			found = true;
+		}
+	}
+	if (it.broken)
+		return len;
+	return set_opt(msg, len, maxlen, found ? &opt : NULL, edns);
+}
+
+/* Whether the name at off ends in a pointer to an earlier offset, or none. */
+static bool
+points_back(const uint8_t *m, size_t off)
+{
+	while (m[off] != 0 && (m[off] & 0xc0) != 0xc0)
+		off += 1 + (size_t)m[off];
+	return m[off] == 0 ||
+	    ((size_t)(m[off] & 0x3f) << 8 | m[off + 1]) < off;
+}
+
+size_t
+dnsmsg_reply_normalize(uint8_t *m, size_t len, size_t maxlen,
+    uint32_t max_ttl)
+{
+	struct dnsmsg_rr_iter it;
+	struct dnsmsg_rr rr, opt = { 0 };
+	bool found = false;
+
+	if (!dnsmsg_rr_first(&it, m, len))
+		return 0;
+	/* dnsmsg_rr_next has bounded each name: points_back stays inside. */
+	while (dnsmsg_rr_next(&it, &rr)) {
+		uint32_t ttl = rr.ttl;
+
+		if (!points_back(m, rr.start))
+			return 0;
+		if (rr.type == DNS_TYPE_OPT) {
+			if (found || rr.section != 2 ||
+			    rr.type_off != rr.start + 1)
+				return 0;
+			opt = rr;
+			found = true;
+			continue;	/* its "TTL" is EDNS flags */
+		}
+		if (ttl > 0x7fffffff)
+			ttl = 0;
+		else if (ttl > max_ttl)
+			ttl = max_ttl;
+		if (ttl != rr.ttl) {
+			put16(m + rr.type_off + 4, (uint16_t)(ttl >> 16));
+			put16(m + rr.type_off + 6, (uint16_t)ttl);
+		}
+	}
+	if (it.broken)
+		return 0;
+	dnsmsg_clear_aa(m);
+	return set_opt(m, len, maxlen, found ? &opt : NULL, true);
 }
 
 size_t

@@ -213,14 +213,6 @@ dot_read_cb(struct bufferevent *bev, void *arg)
 		}
 		inflight_remove(dc, q);
 		q->conn = NULL;
-		if (!dnsmsg_reply_wellformed(msg, len)) {
-			/* Its answer, unreadable: the next upstream's instead. */
-			log_debug("upstream %s: a malformed answer of %zu bytes",
-			    dc->c.up->conf->name, len);
-			upstream_note_failure(dc->c.up, "malformed answer");
-			upstream_txq_failed(&dc->c, q, CONN_FAILED);
-			continue;
-		}
 		upstream_txq_reply(&dc->c, q, msg, len);
 	}
 	if (dc->c.state == CONN_READY) {

@@ -185,7 +185,7 @@ answer_failure(struct query *q)
 	answer_all(q, buf, n);
 }
 
-static void
+static bool
 reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 {
 	static uint8_t buf[DNSMSG_MAX_LEN + 11];
@@ -194,29 +194,30 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	uint64_t now = upstream_now_ms();
 
 	(void)arg;
+	/*
+	 * One form for the cache and every client: TTLs within max-ttl, and
+	 * only our own OPT, last (each client then keeps or drops it).
+	 */
+	memcpy(buf, msg, len);
+	if ((len = dnsmsg_reply_normalize(buf, len, sizeof(buf),
+	    q->r->max_ttl)) == 0)
+		return false;
 	upstream_note_rtt(a->up, now - a->sent_ms);
 	/*
 	 * SERVFAIL may be that upstream's trouble, not the name's: another
 	 * upstream up and not asked yet gets the question (as unbound's
 	 * forwarding does).  The last SERVFAIL is passed on.
 	 */
-	if (dnsmsg_rcode(msg) == DNS_RCODE_SERVFAIL &&
+	if (dnsmsg_rcode(buf) == DNS_RCODE_SERVFAIL &&
 	    upstream_pick(q->r->pool, q->tried, true) != NULL) {
 		a->up = NULL;
 		dispatch(q);
-		return;
+		return true;
 	}
 	cache_prefetch(q->r->cache, &q->key);
-	/*
-	 * One form for the cache and every client: TTLs within max-ttl, and
-	 * only our own OPT, last (each client then keeps or drops it).
-	 */
-	memcpy(buf, msg, len);
-	dnsmsg_clear_aa(buf);
-	dnsmsg_clamp_ttl(buf, len, q->r->max_ttl);
-	len = dnsmsg_client_opt(buf, len, sizeof(buf), true);
 	cache_store(q->r->cache, &q->key, buf, len, now);
 	answer_all(q, buf, len);
+	return true;
 }
 
 static bool

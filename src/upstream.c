@@ -634,8 +634,15 @@ upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 		upstream_txq_failed(c, q, CONN_FAILED);
 		return;
 	}
+	/* Its answer, unreadable: the next upstream's instead. */
+	if (!pool->cbs.reply(pool->cbs.arg, q, msg, len)) {
+		log_debug("upstream %s: a malformed answer of %zu bytes",
+		    c->up->conf->name, len);
+		upstream_note_failure(c->up, "malformed answer");
+		upstream_txq_failed(c, q, CONN_FAILED);
+		return;
+	}
 	c->answered = true;
-	pool->cbs.reply(pool->cbs.arg, q, msg, len);
 }
 
 void

@@ -78,13 +78,19 @@ bool	dnsmsg_reply_matches(const uint8_t *reply, size_t rlen,
 	    const uint8_t *query, size_t qend);
 
 /*
- * True when every record the reply's header counts is there, none runs
- * past its end, each owner name's compression pointer points back (one
- * forward or at itself is how a loop starts), and an OPT, if any, is
- * one, in the additional section, owned by the root.  A reply that is not
- * would reach clients that cannot read it.
+ * Judge an upstream's reply (len bytes, room for maxlen) and put it in
+ * the one form stubborn caches and serves, in one walk.  Well formed:
+ * every record the header counts is there, none runs past its end, each
+ * owner name's compression pointer points back (one forward or at itself
+ * is how a loop starts), and an OPT, if any, is one, in the additional
+ * section, owned by the root; a reply that is not would reach clients that
+ * cannot read it.  The form: every TTL at most max_ttl, one with the top
+ * bit set 0 (RFC 2181 8); AA cleared; and one OPT of ours, last (see
+ * dnsmsg_client_opt).  Returns the new length, 0 for a malformed reply
+ * (msg then partly rewritten).
  */
-bool	dnsmsg_reply_wellformed(const uint8_t *reply, size_t rlen);
+size_t	dnsmsg_reply_normalize(uint8_t *msg, size_t len, size_t maxlen,
+	    uint32_t max_ttl);
 
 /*
  * Cut a response to fit max bytes (RFC 1035 4.2.1): keep the header and
@@ -134,12 +140,6 @@ bool	dnsmsg_rr_first(struct dnsmsg_rr_iter *it, const uint8_t *msg,
 
 /* The next record into *rr; false at the end (or it->broken). */
 bool	dnsmsg_rr_next(struct dnsmsg_rr_iter *it, struct dnsmsg_rr *rr);
-
-/*
- * Lower every TTL above max to max, and one with the top bit set to 0
- * (RFC 2181 8); OPT's is not a TTL.
- */
-void	dnsmsg_clamp_ttl(uint8_t *msg, size_t len, uint32_t max);
 
 #define DNSMSG_EDNS_SIZE	1232	/* what we advertise (RFC 9715) */
 

@@ -64,10 +64,12 @@ struct upstream {
 /*
  * Called for each query's outcome: a reply (borrowed for the call), or a
  * failure after which the query should move on; retry_same says the
- * upstream itself is fine (its connection closed under the query).
+ * upstream itself is fine (its connection closed under the query).  reply
+ * returns false, the query untouched, for a reply that is malformed: the
+ * pool then counts it against the upstream and fails the query over.
  */
 struct upstream_cbs {
-	void	(*reply)(void *arg, struct txq *q, uint8_t *msg, size_t len);
+	bool	(*reply)(void *arg, struct txq *q, uint8_t *msg, size_t len);
 	void	(*failed)(void *arg, struct txq *q, struct upstream *up,
 		    bool retry_same);
 	void	*arg;

@@ -138,10 +138,10 @@ query_send(struct fquery *q)
 	upstream_send(up, &q->tx);
 }
 
-static void
+static bool
 reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 {
-	static uint8_t copy[DNSMSG_MAX_LEN];
+	static uint8_t copy[DNSMSG_MAX_LEN + 11];
 	struct fquery *q = (struct fquery *)tx;
 
 	(void)arg;
@@ -151,8 +151,12 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	    "an answer of impossible length");
 	check(dnsmsg_reply_matches(msg, len, tx->msg, tx->qend),
 	    "an answer to another question");
-	memcpy(copy, msg, len);		/* the resolver copies it too */
+	/* The resolver's judgement: a malformed answer is failed over. */
+	memcpy(copy, msg, len);
+	if (dnsmsg_reply_normalize(copy, len, sizeof(copy), 60) == 0)
+		return false;
 	q->state = Q_ANSWERED;
+	return true;
 }
 
 static void

@@ -34,8 +34,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 	memcpy(m, data, len);
 	if (len >= DNSMSG_HDR_LEN)
 		(void)dnsmsg_reply_matches(m, len, query, sizeof(query));
-	dnsmsg_clamp_ttl(m, len, 60);
-	n = dnsmsg_client_opt(m, len, sizeof(m), true);
+	n = dnsmsg_reply_normalize(m, len, sizeof(m), 60);
 	cache_key_make(query, sizeof(query), false, &k);
 	if (n >= DNSMSG_HDR_LEN && cache_store(c, &k, m, n, 1000)) {
 		n = cache_lookup(c, &k, 2000, false, out, sizeof(out));

@@ -197,7 +197,7 @@ fuzz_denylist(const uint8_t *data, size_t len)
 		    "%s\n", n, depth, rc ? "added" : "there");
 }
 
-static void
+static bool
 no_cb(void *arg, struct txq *q, uint8_t *msg, size_t len)
 {
 	(void)arg;

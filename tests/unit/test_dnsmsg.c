@@ -450,18 +450,23 @@ ttl_clamp_and_truncation_keep_opt(void **state)
 	size_t top = 0;
 
 	(void)state;
-	n = dnsmsg_client_opt(m, n, sizeof(m), true);
 	/* The first record's TTL with the top bit set: it means 0. */
 	assert_true(dnsmsg_rr_first(&it, m, n));
 	assert_true(dnsmsg_rr_next(&it, &rr));
 	top = rr.start;
 	m[rr.type_off + 4] = 0x80;
 	m[rr.type_off + 7] = 5;
-	dnsmsg_clamp_ttl(m, n, 10);
+	m[2] |= 0x04;		/* AA */
+	n = dnsmsg_reply_normalize(m, n, sizeof(m), 10);
+	assert_true(n > 0);
+	assert_int_equal(m[2] & 0x04, 0);
 	assert_true(dnsmsg_rr_first(&it, m, n));
 	while (dnsmsg_rr_next(&it, &rr))
 		if (rr.type != 41)
 			assert_int_equal(rr.ttl, rr.start == top ? 0 : 10);
+	/* One OPT, ours, last (the upstream's came before the glue). */
+	assert_int_equal(m[n - 10] << 8 | m[n - 9], 41);
+	assert_int_equal(m[n - 2] << 8 | m[n - 1], 0);
 	/* Truncated for a small buffer: question and OPT stay. */
 	n = dnsmsg_truncate(m, n, sizeof(query_a) + 11);
 	assert_int_equal(n, sizeof(query_a) + 11);
