@@ -371,6 +371,18 @@ set_opt(uint8_t *msg, size_t len, size_t maxlen, const struct dnsmsg_rr *found,
 	return len + 11;
 }
 
+/* Whether msg ends in an OPT record the way set_opt writes one. */
+static bool
+own_opt_last(const uint8_t *m, size_t len)
+{
+	const uint8_t *o = m + len - 11;
+
+	return len >= DNSMSG_HDR_LEN + 11 && get16(m + 10) >= 1 &&
+	    o[0] == 0 && get16(o + 1) == DNS_TYPE_OPT &&
+	    get16(o + 3) == DNSMSG_EDNS_SIZE && o[6] == 0 &&
+	    (get16(o + 7) & ~DNS_EDNS_DO) == 0 && get16(o + 9) == 0;
+}
+
 size_t
 dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
 {
@@ -378,6 +390,17 @@ dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
 	struct dnsmsg_rr rr, opt = { 0 };
 	bool found = false;
 
+	/*
+	 * What stubborn serves ends in its own OPT (dnsmsg_reply_normalize
+	 * makes sure): kept as it is, or cut, with no walk.  Any other
+	 * message is walked for its OPT.
+	 */
+	if (own_opt_last(msg, len)) {
+		if (edns)
+			return len;
+		put16(msg + 10, (uint16_t)(get16(msg + 10) - 1));
+		return len - 11;
+	}
 	if (!dnsmsg_rr_first(&it, msg, len))
 		return len;
 	while (dnsmsg_rr_next(&it, &rr)) {
@@ -437,7 +460,9 @@ dnsmsg_reply_normalize(uint8_t *m, size_t len, size_t maxlen,
 	if (it.broken)
 		return 0;
 	dnsmsg_clear_aa(m);
-	return set_opt(m, len, maxlen, found ? &opt : NULL, true);
+	len = set_opt(m, len, maxlen, found ? &opt : NULL, true);
+	/* Not so when ldns could not render it without the OPT, or no room. */
+	return own_opt_last(m, len) ? len : 0;
 }
 
 size_t

@@ -86,8 +86,8 @@ bool	dnsmsg_reply_matches(const uint8_t *reply, size_t rlen,
  * section, owned by the root; a reply that is not would reach clients that
  * cannot read it.  The form: every TTL at most max_ttl, one with the top
  * bit set 0 (RFC 2181 8); AA cleared; and one OPT of ours, last (see
- * dnsmsg_client_opt).  Returns the new length, 0 for a malformed reply
- * (msg then partly rewritten).
+ * dnsmsg_client_opt, which then needs no walk).  Returns the new length,
+ * 0 for a malformed reply (msg then partly rewritten).
  */
 size_t	dnsmsg_reply_normalize(uint8_t *msg, size_t len, size_t maxlen,
 	    uint32_t max_ttl);

@@ -442,7 +442,7 @@ client_opt(void **state)
 static void
 ttl_clamp_and_truncation_keep_opt(void **state)
 {
-	uint8_t m[512];
+	uint8_t m[512], c[512];
 	size_t n = response_opt_first(m);
 	struct dnsmsg_rr_iter it;
 	struct dnsmsg_rr rr;
@@ -467,6 +467,13 @@ ttl_clamp_and_truncation_keep_opt(void **state)
 	/* One OPT, ours, last (the upstream's came before the glue). */
 	assert_int_equal(m[n - 10] << 8 | m[n - 9], 41);
 	assert_int_equal(m[n - 2] << 8 | m[n - 1], 0);
+	/* Served as it is to an EDNS client, without the OPT to others. */
+	memcpy(c, m, n);
+	assert_int_equal(dnsmsg_client_opt(c, n, sizeof(c), true), n);
+	assert_memory_equal(c, m, n);
+	assert_int_equal(dnsmsg_client_opt(c, n, sizeof(c), false), n - 11);
+	assert_int_equal(c[11], m[11] - 1);
+	assert_memory_equal(c + 12, m + 12, n - 23);
 	/* Truncated for a small buffer: question and OPT stay. */
 	n = dnsmsg_truncate(m, n, sizeof(query_a) + 11);
 	assert_int_equal(n, sizeof(query_a) + 11);
