@@ -232,15 +232,20 @@ UPDATE_FAILURES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(UPDATE_FAILURES))
-def test_update_failure_keeps_old_list(stubborn_bin, universe, web, tmp_path, case):
-    server, path, scheme, why = UPDATE_FAILURES[case]
+def _installed_list(tmp_path, universe, age):
+    """A list `age` seconds old installed in a directory of its own:
+    (directory, list path, its bytes, conf naming it)."""
     lists = tmp_path / "lists"
     lists.mkdir()
     target = lists / "log_list.json"
-    universe.write_log_list(target, timestamp=universe.now - 10 * DAY)
-    before = target.read_bytes()
-    conf = _conf(tmp_path, universe, target)
+    universe.write_log_list(target, timestamp=universe.now - age)
+    return lists, target, target.read_bytes(), _conf(tmp_path, universe, target)
+
+
+@pytest.mark.parametrize("case", sorted(UPDATE_FAILURES))
+def test_update_failure_keeps_old_list(stubborn_bin, universe, web, tmp_path, case):
+    server, path, scheme, why = UPDATE_FAILURES[case]
+    lists, target, before, conf = _installed_list(tmp_path, universe, 10 * DAY)
     p = _update(stubborn_bin, web, web["servers"][server].url(path, scheme), conf)
     assert p.returncode != 0, (p.returncode, p.stdout, p.stderr)
     assert re.search(why, p.stderr, re.I), f"stderr does not say why ({why}):\n{p.stderr}"
@@ -252,12 +257,7 @@ def test_update_refuses_a_list_older_than_the_installed_one(stubborn_bin, univer
                                                             tmp_path):
     # A stale mirror, or a server replaying an old list, must not undo a
     # newer list: logs retired since would count again.
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    target = lists / "log_list.json"
-    universe.write_log_list(target, timestamp=universe.now - 1 * DAY)
-    before = target.read_bytes()
-    conf = _conf(tmp_path, universe, target)
+    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
     p = _update(stubborn_bin, web, web["servers"]["ok"].url("/old.json"), conf)
     assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
     assert "older than the one installed" in p.stderr, p.stderr
