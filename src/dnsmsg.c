@@ -340,14 +340,18 @@ drop_opt_slowly(uint8_t *msg, size_t len, size_t maxlen)
 	return n;
 }
 
-/* Replace the OPT found (NULL: none) with ours, or with none. */
+/*
+ * Replace the OPT found (NULL: none) with ours, or with none; *ours says
+ * whether ours is now last.
+ */
 static size_t
 set_opt(uint8_t *msg, size_t len, size_t maxlen, const struct dnsmsg_rr *found,
-    bool edns)
+    bool edns, bool *ours)
 {
 	struct dnsmsg_rr opt = found != NULL ? *found : (struct dnsmsg_rr){ 0 };
 	size_t n;
 
+	*ours = false;
 	if (found) {
 		if (opt.end == len) {
 			len = opt.start;
@@ -368,6 +372,7 @@ set_opt(uint8_t *msg, size_t len, size_t maxlen, const struct dnsmsg_rr *found,
 	put16(msg + len + 7, found ? (uint16_t)(opt.ttl & DNS_EDNS_DO) : 0);
 	put16(msg + len + 9, 0);
 	put16(msg + 10, (uint16_t)(get16(msg + 10) + 1));
+	*ours = true;
 	return len + 11;
 }
 
@@ -388,7 +393,7 @@ dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
 {
 	struct dnsmsg_rr_iter it;
 	struct dnsmsg_rr rr, opt = { 0 };
-	bool found = false;
+	bool found = false, ours;
 
 	/*
 	 * What stubborn serves ends in its own OPT (dnsmsg_reply_normalize
@@ -411,7 +416,7 @@ dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
 	}
 	if (it.broken)
 		return len;
-	return set_opt(msg, len, maxlen, found ? &opt : NULL, edns);
+	return set_opt(msg, len, maxlen, found ? &opt : NULL, edns, &ours);
 }
 
 /* Whether the name at off ends in a pointer to an earlier offset, or none. */
@@ -430,7 +435,7 @@ dnsmsg_reply_normalize(uint8_t *m, size_t len, size_t maxlen,
 {
 	struct dnsmsg_rr_iter it;
 	struct dnsmsg_rr rr, opt = { 0 };
-	bool found = false;
+	bool found = false, ours;
 
 	if (!dnsmsg_rr_first(&it, m, len))
 		return 0;
@@ -460,9 +465,9 @@ dnsmsg_reply_normalize(uint8_t *m, size_t len, size_t maxlen,
 	if (it.broken)
 		return 0;
 	dnsmsg_clear_aa(m);
-	len = set_opt(m, len, maxlen, found ? &opt : NULL, true);
+	len = set_opt(m, len, maxlen, found ? &opt : NULL, true, &ours);
 	/* Not so when ldns could not render it without the OPT, or no room. */
-	return own_opt_last(m, len) ? len : 0;
+	return ours ? len : 0;
 }
 
 size_t

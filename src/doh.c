@@ -396,17 +396,17 @@ on_stream_close_cb(nghttp2_session *h2, int32_t id, uint32_t error,
 		upstream_txq_reply(&dc->c, q, st->body, st->len);
 	else {
 		/*
-		 * A GOAWAY refuses, in good faith, what the server will not
-		 * see: ask it again on a new connection.  Refused otherwise,
-		 * the stream failed like any other.
+		 * A refused stream was never seen (RFC 9113 8.7): by a GOAWAY,
+		 * or past the server's stream limit before its SETTINGS came.
+		 * It is asked again, and says nothing against the upstream.
 		 */
-		bool drained = error == NGHTTP2_REFUSED_STREAM && dc->draining;
+		bool refused = error == NGHTTP2_REFUSED_STREAM;
 
 		log_debug("upstream %s: stream %d: %s (status %d)",
 		    dc->c.up->conf->name, id, bad, st->status);
-		if (!drained)
+		if (!refused)
 			upstream_note_failure(dc->c.up, bad);
-		upstream_txq_failed(&dc->c, q, drained ? CONN_CLOSED_BUSY :
+		upstream_txq_failed(&dc->c, q, refused ? CONN_CLOSED_BUSY :
 		    CONN_FAILED);
 	}
 	stream_free(st);

@@ -95,6 +95,7 @@ struct resolver {
 };
 
 static void	dispatch(struct query *);
+static void	dispatch_to(struct query *, struct upstream *);
 
 /* Send answer (len bytes) to w, in its ID, its name's case, its EDNS. */
 static void
@@ -192,6 +193,7 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	struct attempt *a = (struct attempt *)tx;
 	struct query *q = a->q;
 	uint64_t now = upstream_now_ms();
+	struct upstream *next;
 
 	(void)arg;
 	/*
@@ -209,9 +211,9 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	 * forwarding does).  The last SERVFAIL is passed on.
 	 */
 	if (dnsmsg_rcode(buf) == DNS_RCODE_SERVFAIL &&
-	    upstream_pick(q->r->pool, q->tried, true) != NULL) {
+	    (next = upstream_pick(q->r->pool, q->tried, true)) != NULL) {
 		a->up = NULL;
-		dispatch(q);
+		dispatch_to(q, next);
 		return true;
 	}
 	cache_prefetch(q->r->cache, &q->key);
@@ -265,9 +267,11 @@ failed_cb(void *arg, struct txq *tx, struct upstream *up, bool retry_same)
 		return;
 	/*
 	 * A connection closed under us: an upstream still up deserves one
-	 * retry.  One that closes every time is down soon (upstream.c).
+	 * retry, unless it had its time already.  One that closes every time
+	 * is down soon (upstream.c).
 	 */
-	if (retry_same && !q->retried_same && up->state == UPSTREAM_UP) {
+	if (retry_same && !q->retried_same && up->state == UPSTREAM_UP &&
+	    !a->timed_out) {
 		q->retried_same = true;
 		q->tried &= ~((uint64_t)1 << up->index);
 	}
@@ -321,16 +325,23 @@ stale_held(struct query *q)
 static void
 dispatch(struct query *q)
 {
+	dispatch_to(q, upstream_now_ms() >= q->deadline_ms ? NULL :
+	    upstream_pick(q->r->pool, q->tried, false));
+}
+
+/* dispatch, to up as picked (NULL: none left). */
+static void
+dispatch_to(struct query *q, struct upstream *up)
+{
 	uint64_t now = upstream_now_ms();
 	struct attempt *a = NULL;
-	struct upstream *up;
 	size_t i;
 
 	if (now >= q->deadline_ms) {
 		answer_failure(q);
 		return;
 	}
-	if ((up = upstream_pick(q->r->pool, q->tried, false)) == NULL) {
+	if (up == NULL) {
 		/* A stale answer now beats a fresh one later (RFC 8767 5). */
 		if (!attempts_busy(q) || stale_held(q))
 			answer_failure(q);

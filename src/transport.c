@@ -322,6 +322,12 @@ conn_report(struct conn *c, enum conn_outcome outcome,
 	char *json = NULL;
 	struct txq *q;
 
+	/*
+	 * A query may end while others are told (its other attempt answered
+	 * or failed): upstream_cancel then takes it off this list.
+	 */
+	TAILQ_FOREACH(q, orphans, entry)
+		q->orphans = orphans;
 	if (outcome == CONN_INCIDENT)
 		json = upstream_incident_json(c->up, c->addrstr, &c->gate);
 	upstream_conn_event(c, outcome, json ? json :
@@ -329,6 +335,7 @@ conn_report(struct conn *c, enum conn_outcome outcome,
 	free(json);
 	while ((q = TAILQ_FIRST(orphans)) != NULL) {
 		TAILQ_REMOVE(orphans, q, entry);
+		q->orphans = NULL;
 		upstream_txq_failed(c, q, outcome);
 	}
 }

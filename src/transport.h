@@ -19,6 +19,7 @@
 struct upstream;
 struct conn;
 struct conn_io;
+struct txq_list;
 
 enum conn_state {
 	CONN_CONNECTING,	/* TCP connect and TLS handshake, gate inside */
@@ -48,6 +49,8 @@ struct txq {
 	struct txq	*hnext;		/* DoT: conn's in-flight hash chain */
 	void		*tdata;		/* DoH: the stream it rides on */
 	struct conn	*conn;		/* NULL while not attached */
+	/* Failed with its conn, awaiting its callback (conn_report). */
+	struct txq_list	*orphans;
 	uint8_t		*msg;		/* borrowed; bytes 0-1 rewritten */
 	size_t		 len;
 	size_t		 qend;		/* question end, for reply matching */

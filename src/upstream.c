@@ -442,6 +442,11 @@ upstream_cancel(struct txq *q)
 {
 	if (q->conn != NULL)
 		q->conn->ops->cancel(q->conn, q);
+	else if (q->orphans != NULL) {
+		/* Failed with its conn and not yet told: now it never is. */
+		TAILQ_REMOVE(q->orphans, q, entry);
+		q->orphans = NULL;
+	}
 }
 
 static void
@@ -576,8 +581,12 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		count_failure(up, "connections close with queries in flight");
 		break;
 	case CONN_DRAINING:
-		/* A GOAWAY before any answer: it takes no queries at all. */
-		if (!c->answered)
+		/*
+		 * A GOAWAY before any answer, with queries waiting: it takes
+		 * none.  (One on a connection never asked anything is an idle
+		 * server's right.)
+		 */
+		if (!c->answered && c->io->busy(c))
 			count_failure(up, "connections refuse queries");
 		break;
 	case CONN_CLOSED_IDLE:

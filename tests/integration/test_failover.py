@@ -251,3 +251,34 @@ def test_upstream_that_refuses_everything_is_marked_down(hostile, upstream, stub
     s2 = stubborn([h.spec()])
     q, r = clients.ask(s2.port, "alone.hostile.test", "A", timeout=5.0)
     assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+
+
+class HangUpAfter(hostile_mod.Script):
+    """Take the query, say nothing, hang up `delay` seconds later."""
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def on_query(self, conn, query):
+        conn.state["t"] = time.monotonic()
+
+    def on_idle(self, conn):
+        if "t" in conn.state and time.monotonic() - conn.state["t"] > self.delay:
+            conn.close()
+
+
+def test_upstream_that_had_its_time_is_not_asked_again_before_an_unasked_one(
+        hostile, silent_upstream, upstream, stubborn):
+    # The first upstream times out, keeps the query, then loses its
+    # connection: it had its 1.5 s, so when the second times out too the
+    # third is asked, not the first again.
+    h = hostile(HangUpAfter(1.7))
+    s = stubborn([h.spec(), silent_upstream("second"), upstream("third").spec()])
+    t0 = time.monotonic()
+    q, r = clients.ask(s.port, servers.who_name("turns"), "TXT", timeout=5.0)
+    elapsed = time.monotonic() - t0
+    assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+    assert clients.answer_strings(r, "TXT") == ["third"]
+    assert elapsed < 3.6, f"answer took {elapsed:.2f}s"
+    assert len(h.queries()) == 1, h.queries()
+    assert s.alive()
