@@ -426,6 +426,9 @@ on_frame_recv_cb(nghttp2_session *h2, const nghttp2_frame *frame, void *arg)
 	else if (frame->hd.type == NGHTTP2_GOAWAY && !dc->draining) {
 		/* Finish what the server took; new queries get a new one. */
 		dc->draining = true;
+		/* Stream 1 on: it will answer what it took (upstream.c). */
+		if (frame->goaway.last_stream_id > 0)
+			dc->c.served = true;
 		log_debug("upstream %s: GOAWAY, last stream %d",
 		    dc->c.up->conf->name, frame->goaway.last_stream_id);
 		upstream_conn_event(&dc->c, CONN_DRAINING, NULL);

@@ -73,7 +73,8 @@ struct conn {
 	struct event		*timer;	/* connect timeout, then the transport's */
 	struct event		*tick;	/* reads what coalescing held back */
 	bool			 coalescing;	/* SO_RCVLOWAT raised */
-	bool			 answered;	/* a query got its answer */
+	bool			 served;	/* answered a query, or (GOAWAY)
+					   promised to */
 	unsigned		 addr_idx;
 	unsigned		 addrs_left;
 	char			 addrstr[64];

@@ -582,11 +582,12 @@ upstream_conn_event(struct conn *c, enum conn_outcome outcome,
 		break;
 	case CONN_DRAINING:
 		/*
-		 * A GOAWAY before any answer, with queries waiting: it takes
-		 * none.  (One on a connection never asked anything is an idle
+		 * A GOAWAY that takes none of the queries waiting, on a
+		 * connection that answered none: it takes no queries at all.
+		 * (One on a connection never asked anything is an idle
 		 * server's right.)
 		 */
-		if (!c->answered && c->io->busy(c))
+		if (!c->served && c->io->busy(c))
 			count_failure(up, "connections refuse queries");
 		break;
 	case CONN_CLOSED_IDLE:
@@ -651,7 +652,7 @@ upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 		upstream_txq_failed(c, q, CONN_FAILED);
 		return;
 	}
-	c->answered = true;
+	c->served = true;
 }
 
 void
