@@ -229,7 +229,12 @@ act(struct conn *c, struct bufferevent *server, unsigned a)
 			return false;
 	}
 	if ((a & ACT_TIMEOUT) && (q = oldest_in_flight()) != NULL) {
-		/* The resolver's query_timo; with one upstream, no retry. */
+		/*
+		 * The resolver's query_timo at the deadline, with one
+		 * upstream: the query is given up (cancelled), then its
+		 * timeout counted.  (At 1.5 s the resolver keeps it attached;
+		 * a late answer is then an ordinary one.)
+		 */
 		q->state = Q_TIMED_OUT;
 		upstream_cancel(&q->tx);
 		upstream_note_timeout(up, &q->tx);
