@@ -804,6 +804,12 @@ cmd_pin(int argc, char **argv)
 		print_scts("# ", list, &tc.gate.ct);
 		printf("# ct: %s (%s)\n", tc.gate.report_only ? "FAIL" : "ok",
 		    tc.gate.report_only ? tc.gate.detail : tc.gate.ct.why);
+		/*
+		 * The pins are printed either way, but a gate enforcing CT
+		 * would refuse this chain: a check failed.
+		 */
+		if (tc.gate.report_only && cfg->ct == CT_ENFORCE)
+			rc = EXIT_CHECK_FAILED;
 	}
 done:
 	tls_client_close(&tc);

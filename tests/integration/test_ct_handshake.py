@@ -401,6 +401,21 @@ def test_pin_command_reports_ct(stubborn_bin, ct_upstream, universe, tmp_path):
     assert re.search(r"^(#\s*)?ct: ", p.stdout, re.M), p.stdout
 
 
+@pytest.mark.parametrize("ct,status", [("enforce", 1), ("report", 0)])
+def test_pin_command_ct_failure_status(stubborn_bin, ct_upstream, universe, tmp_path, ct, status):
+    # The pins are printed either way; exit 1 says the gate would refuse
+    # the chain (CLI contract: 1 when a check failed).
+    u = ct_upstream("first", "one_sct")
+    conf = tmp_path / "pin.conf"
+    conf.write_text(ct_conf(53, [u.spec()], universe, False, ct=ct))
+    cmd = [stubborn_bin, "pin", f"tls://{ctf.HOSTNAME}:{u.port}", "--address", u.address,
+           "--ca-file", str(universe.root_pem), "-c", str(conf)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert p.returncode == status, (p.returncode, p.stdout, p.stderr)
+    assert universe.preset("one_sct").pin in p.stdout, p.stdout
+    assert re.search(r"^# ct: FAIL ", p.stdout, re.M), p.stdout
+
+
 # --- SCTs in the TLS extension ------------------------------------------------
 
 @pytest.mark.parametrize("preset,tls13", [
