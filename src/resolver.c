@@ -94,8 +94,10 @@ struct resolver {
 	bool			 reloading;	/* every query starts over after */
 };
 
+static bool	attempts_busy(const struct query *);
 static void	dispatch(struct query *);
 static void	dispatch_to(struct query *, struct upstream *);
+static bool	stale_held(struct query *);
 
 /* Send answer (len bytes) to w, in its ID, its name's case, its EDNS. */
 static void
@@ -208,13 +210,22 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	/*
 	 * SERVFAIL may be that upstream's trouble, not the name's: another
 	 * upstream up and not asked yet gets the question (as unbound's
-	 * forwarding does).  The last SERVFAIL is passed on.
+	 * forwarding does); one asked already may yet answer; a stale answer
+	 * beats it (RFC 8767).  Else the last SERVFAIL is passed on.
 	 */
-	if (dnsmsg_rcode(buf) == DNS_RCODE_SERVFAIL &&
-	    (next = upstream_pick(q->r->pool, q->tried, true)) != NULL) {
+	if (dnsmsg_rcode(buf) == DNS_RCODE_SERVFAIL) {
 		a->up = NULL;
-		dispatch_to(q, next);
-		return true;
+		if ((next = upstream_pick(q->r->pool, q->tried, true)) !=
+		    NULL) {
+			dispatch_to(q, next);
+			return true;
+		}
+		if (attempts_busy(q))
+			return true;	/* its end, or the timer, decides */
+		if (stale_held(q)) {
+			answer_failure(q);
+			return true;
+		}
 	}
 	cache_prefetch(q->r->cache, &q->key);
 	cache_store(q->r->cache, &q->key, buf, len, now);

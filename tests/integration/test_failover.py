@@ -8,6 +8,7 @@ import time
 import dns.exception
 import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 
 import clients
@@ -235,6 +236,52 @@ def test_servfail_from_every_upstream_is_passed_on(hostile, stubborn):
     q, r = clients.ask(s.port, "bogus2.hostile.test", "A", timeout=5.0)
     assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
     assert len(first.queries()) == 2
+    assert s.alive()
+
+
+def test_servfail_waits_for_an_upstream_still_asked(hostile, stubborn):
+    # The first upstream is slow and then fails; the second, asked at
+    # 1.5 s, answers after that SERVFAIL: its answer is the client's.
+    first = hostile(slow.Delayed(2.0, slow.servfail), name="first")
+    second = hostile(slow.Delayed(1.0, hostile_mod.correct), name="second")
+    s = stubborn([first.spec(), second.spec()])
+    t0 = time.monotonic()
+    q, r = clients.ask(s.port, "late.hostile.test", "A", timeout=5.0)
+    elapsed = time.monotonic() - t0
+    assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+    assert clients.answer_strings(r, "A") == [hostile_mod.DEFAULT_DATA["A"]]
+    assert 2.2 < elapsed < 3.5, f"answer took {elapsed:.2f}s"
+    assert len(first.queries()) == 1 and len(second.queries()) == 1
+    assert s.alive()
+
+
+def test_stale_answer_beats_a_servfail(hostile, stubborn):
+    # RFC 8767: an upstream that cannot refresh an answer (here by
+    # SERVFAIL) lets serve-stale serve the expired one.
+    asked = []
+
+    def make(query):
+        asked.append(query.question[0].name)
+        if len(asked) > 1:
+            return slow.servfail(query)
+        r = dns.message.make_response(query)
+        r.answer.append(dns.rrset.from_text(query.question[0].name, 1, "IN", "A",
+                                            hostile_mod.DEFAULT_DATA["A"]))
+        return r.to_wire()
+
+    h = hostile(slow.Answer(make))
+    s = stubborn([h.spec()], cache_extra=["serve-stale = 60"])
+    q, r = clients.ask(s.port, "brief.hostile.test", "A", timeout=5.0)
+    t0 = time.monotonic()
+    assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+    # Its one second is over, with room for whole-second rounding.
+    time.sleep(2.5)
+    q, r = clients.ask(s.port, "brief.hostile.test", "A", timeout=5.0)
+    assert time.monotonic() - t0 < 2.5 + 1.0
+    assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+    assert clients.answer_strings(r, "A") == [hostile_mod.DEFAULT_DATA["A"]]
+    assert r.answer[0].ttl == 30, r.answer[0].ttl
+    assert len(asked) == 2, asked
     assert s.alive()
 
 
