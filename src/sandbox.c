@@ -30,8 +30,17 @@
 #include "stubborn/log.h"
 #include "stubborn/sandbox.h"
 
+static int	drop(const char *, const char *, const char *);
+
 int
 sandbox_drop_privileges(const char *user, const char *dir)
+{
+	return drop(user, dir, "running");
+}
+
+/* who: what the log line says is now running as user. */
+static int
+drop(const char *user, const char *dir, const char *who)
 {
 	struct passwd *pw = NULL;
 
@@ -66,7 +75,7 @@ sandbox_drop_privileges(const char *user, const char *dir)
 		log_warnx("privileges could be regained after the drop");
 		return -1;
 	}
-	log_info("running as %s (uid %u)", user, (unsigned)pw->pw_uid);
+	log_info("%s as %s (uid %u)", who, user, (unsigned)pw->pw_uid);
 	return 0;
 }
 
@@ -286,7 +295,7 @@ sandbox_launcher_start(struct event_base *base, const char *user,
 		signal(SIGCHLD, SIG_DFL);
 		if (getppid() != parent)
 			_exit(0);	/* the daemon died already */
-		if (sandbox_drop_privileges(user, NULL) != 0)
+		if (drop(user, NULL, "launcher running") != 0)
 			_exit(1);
 		launcher.conf = strdup(conf);
 		launcher.hook = hook ? strdup(hook) : NULL;
