@@ -103,6 +103,39 @@ xstrdup(const char *s)
 	return p;
 }
 
+/*
+ * Where relative paths start: the directory stubborn started in, kept from
+ * the first call, because the daemon then runs from / (or its chroot) and
+ * a reload must find the same files.
+ */
+static const char *
+base_dir(void)
+{
+	static char base[PATH_MAX];
+
+	if (base[0] == '\0' && getcwd(base, sizeof(base)) == NULL)
+		base[0] = '\0';
+	return base;
+}
+
+char *
+config_abspath(const char *path)
+{
+	const char *base;
+	size_t n;
+	char *p;
+
+	if (path[0] == '/' || path[0] == '\0' || *(base = base_dir()) == '\0')
+		return xstrdup(path);
+	n = strlen(base) + 1 + strlen(path) + 1;
+	if ((p = malloc(n)) == NULL) {
+		perror("malloc");
+		exit(1);
+	}
+	snprintf(p, n, "%s%s%s", base, strcmp(base, "/") ? "/" : "", path);
+	return p;
+}
+
 static void *
 xgrow(void *arr, size_t n, size_t size)
 {
@@ -485,12 +518,23 @@ parse_file(struct parse_ctx *ctx, const char *v, char **out)
 	*out = NULL;
 	if (*v == '\0')
 		return NULL;
-	if (access(sandbox_path(v), R_OK) != 0) {
+	*out = config_abspath(v);
+	if (access(sandbox_path(*out), R_OK) != 0) {
 		snprintf(ctx->msg, sizeof(ctx->msg), "cannot read '%s': %s",
 		    v, strerror(errno));
+		free(*out);
+		*out = NULL;
 		return ctx->msg;
 	}
-	*out = xstrdup(v);
+	return NULL;
+}
+
+/* A path: relative ones from where stubborn started (config_abspath). */
+static const char *
+parse_path(const char *v, char **out)
+{
+	free(*out);
+	*out = *v ? config_abspath(v) : NULL;
 	return NULL;
 }
 
@@ -637,7 +681,7 @@ p_strategy(struct parse_ctx *ctx, const char *v)
 static const char *
 p_state_dir(struct parse_ctx *ctx, const char *v)
 {
-	return parse_string(v, &ctx->cfg->state_dir);
+	return parse_path(v, &ctx->cfg->state_dir);
 }
 
 static const char *
@@ -727,7 +771,7 @@ p_ct_policy(struct parse_ctx *ctx, const char *v)
 static const char *
 p_ct_log_list(struct parse_ctx *ctx, const char *v)
 {
-	return parse_string(v, &ctx->cfg->ct_log_list);
+	return parse_path(v, &ctx->cfg->ct_log_list);
 }
 
 static const char *
@@ -1138,6 +1182,7 @@ config_load(const char *path, bool must_exist, FILE *errs)
 	struct config *cfg;
 	int rc;
 
+	(void)base_dir();	/* now, before any chdir */
 	memset(&ctx, 0, sizeof(ctx));
 	cfg = calloc(1, sizeof(*cfg));
 	if (cfg == NULL)

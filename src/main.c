@@ -599,13 +599,18 @@ cmd_run(int argc, char **argv)
 	struct metrics_server *ms = NULL;
 	struct event *sigs[4] = { NULL };
 	struct daemon d = { 0 };
+	char *conf;
 	int rc = 1;
 	size_t i;
 
 	if (parse_run_opts(argc, argv, &o, true, 0) != 0)
 		return EXIT_USAGE;
-	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL)
+	/* Read again on reload, from / or the chroot: absolute. */
+	o.conf = conf = config_abspath(o.conf);
+	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL) {
+		free(conf);
 		return EXIT_USAGE;
+	}
 	log_init(LOG_TO_STDERR, o.verbose ? LOG_DEBUG : cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	if ((base = event_base_new()) == NULL)
@@ -679,6 +684,7 @@ done:
 	if (d.boot != cfg)
 		config_free(d.boot);
 	config_free(cfg);
+	free(conf);
 	return rc;
 }
 

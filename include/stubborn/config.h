@@ -115,6 +115,13 @@ struct config {
  */
 struct config *config_load(const char *path, bool must_exist, FILE *errs);
 
+/*
+ * path, absolute: a relative one is taken from the directory stubborn
+ * started in (the first call's, or config_load's, working directory).
+ * The caller frees it.
+ */
+char	*config_abspath(const char *path);
+
 /* Free cfg and everything it holds; NULL is a no-op. */
 void	config_free(struct config *cfg);
 

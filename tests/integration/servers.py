@@ -479,9 +479,14 @@ class Stubborn:
 
     READY = re.compile(r"\bready\b")
 
-    def __init__(self, binary, workdir, port, conf_text, verbose=False):
+    def __init__(self, binary, workdir, port, conf_text, verbose=False, cwd=None,
+                 conf_arg=None):
+        """cwd: where it starts (the test's own by default); conf_arg:
+        what -c says, the conf's absolute path by default."""
         self.binary = binary
         self.verbose = verbose
+        self.cwd = cwd
+        self.conf_arg = conf_arg
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -495,9 +500,10 @@ class Stubborn:
     def start(self):
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [self.binary, "run", "-c", str(self.conf), "-f"]
+                [self.binary, "run", "-c", self.conf_arg or str(self.conf), "-f"]
                 + (["-v"] if self.verbose else []),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.cwd)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.READY.search(self.log_text()):

@@ -194,6 +194,40 @@ def test_chroot(stubborn_bin, upstream, certs, tmp_path, ipv6, request, no_leak_
 
 
 @root_only
+def test_chroot_with_relative_paths(stubborn_bin, upstream, certs, tmp_path, ipv6, request,
+                                    no_leak_check):
+    # Relative paths, -c's included, start where stubborn started, also
+    # for the reload that comes after the chroot's chdir.
+    _nobody()
+    jail = tmp_path / "jail"
+    (jail / "state").mkdir(parents=True)
+    shutil.copy(certs.root_pem, jail / "root.pem")
+    up = upstream("first")
+    listen = ["127.0.0.1"] + (["::1"] if ipv6 else [])
+    port = servers.free_port(listen)
+    text = servers.stubborn_conf(
+        port, [up.spec(pins=[certs["good"].pin])], "jail/root.pem", ipv6,
+        server_extra=[f"chroot = {jail}", "user = nobody", "state-dir = jail/state"])
+    s = servers.Stubborn(stubborn_bin, jail, port, text, cwd=tmp_path,
+                         conf_arg="jail/stubborn.conf")
+    try:
+        s.start()
+        _answers(s.port, 78)
+        assert "outside chroot" not in s.log_text(), s.log_text()
+        assert "deny list /state/denylist" in s.log_text(), s.log_text()
+        s.conf.write_text(text + "\n[upstream second]\nurl = tls://dns.test:1\n"
+                          "address = 127.0.0.1\n")
+        s.proc.send_signal(signal.SIGHUP)
+        assert slow.wait_until(lambda: "reloaded" in s.log_text()), s.log_text()
+        assert f"reloaded {jail}/stubborn.conf: 2 upstreams" in s.log_text(), s.log_text()
+        _answers(s.port, 79)
+    finally:
+        status, hung = s.stop()
+        request.node.add_report_section("call", "stubborn log", s.log_text())
+    assert not hung and status == 0, (status, s.log_text())
+
+
+@root_only
 def test_chroot_warns_about_files_it_cannot_reach(stubborn_bin, upstream, certs, tmp_path,
                                                    ipv6, no_leak_check):
     jail = tmp_path / "jail"
