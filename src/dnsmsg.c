@@ -17,6 +17,7 @@
 #define DNS_CLASS_ANY	255
 #define DNS_EDNS_DO	0x8000
 #define DNS_NAME_MAX	255
+#define NAME_HOPS_MAX	16	/* compression pointers in one name */
 
 const char *const dnsmsg_status_str[] = {
 	[DNSMSG_OK] = "ok",
@@ -419,14 +420,86 @@ dnsmsg_client_opt(uint8_t *msg, size_t len, size_t maxlen, bool edns)
 	return set_opt(msg, len, maxlen, found ? &opt : NULL, edns, &ours);
 }
 
-/* Whether the name at off ends in a pointer to an earlier offset, or none. */
+/*
+ * Whether the name at off reads as a client would read it: labels within
+ * the message, every pointer to an offset before itself, a few pointers
+ * at most (a chain of them costs a client a step each), 255 bytes at most
+ * spelled out.  *end: just past the name's own bytes at off.
+ */
 static bool
-points_back(const uint8_t *m, size_t off)
+name_ok(const uint8_t *m, size_t len, size_t off, size_t *end)
 {
-	while (m[off] != 0 && (m[off] & 0xc0) != 0xc0)
-		off += 1 + (size_t)m[off];
-	return m[off] == 0 ||
-	    ((size_t)(m[off] & 0x3f) << 8 | m[off + 1]) < off;
+	size_t total = 0, hops = 0;
+
+	*end = 0;
+	for (;;) {
+		size_t to;
+		uint8_t l;
+
+		if (off >= len)
+			return false;
+		if ((l = m[off]) == 0) {
+			if (*end == 0)
+				*end = off + 1;
+			return true;
+		}
+		if ((l & 0xc0) == 0) {
+			if ((total += 1 + (size_t)l) >= DNS_NAME_MAX)
+				return false;
+			off += 1 + (size_t)l;
+			continue;
+		}
+		if ((l & 0xc0) != 0xc0 || off + 2 > len ||
+		    ++hops > NAME_HOPS_MAX)
+			return false;
+		to = (size_t)(l & 0x3f) << 8 | m[off + 1];
+		if (to >= off)
+			return false;
+		if (*end == 0)
+			*end = off + 2;
+		off = to;
+	}
+}
+
+/*
+ * The names in a record's RDATA, for the types whose RDATA holds names
+ * (those RFC 3597 lets be compressed, and SRV and DNAME): well formed,
+ * with the fixed fields, exactly filling RDLENGTH.  Other types' RDATA is
+ * opaque here.
+ */
+static bool
+rdata_ok(const uint8_t *m, const struct dnsmsg_rr *rr)
+{
+	size_t off = rr->type_off + 10, end, skip = 0, tail = 0;
+	int names = 1;
+
+	switch (rr->type) {
+	case 2: case 3: case 4: case 5: case 7: case 8: case 9: case 12:
+	case 39:	/* NS MD MF CNAME MB MG MR PTR DNAME */
+		break;
+	case 6:		/* SOA: two names, then five 32-bit fields */
+		names = 2;
+		tail = 20;
+		break;
+	case 14:	/* MINFO */
+		names = 2;
+		break;
+	case 15:	/* MX: a preference, then a name */
+		skip = 2;
+		break;
+	case 33:	/* SRV: priority, weight, port, then a name */
+		skip = 6;
+		break;
+	default:
+		return true;
+	}
+	off += skip;
+	while (names-- > 0) {
+		if (off >= rr->end || !name_ok(m, rr->end, off, &end))
+			return false;
+		off = end;
+	}
+	return off + tail == rr->end;
 }
 
 size_t
@@ -439,11 +512,11 @@ dnsmsg_reply_normalize(uint8_t *m, size_t len, size_t maxlen,
 
 	if (!dnsmsg_rr_first(&it, m, len))
 		return 0;
-	/* dnsmsg_rr_next has bounded each name: points_back stays inside. */
 	while (dnsmsg_rr_next(&it, &rr)) {
 		uint32_t ttl = rr.ttl;
+		size_t end;
 
-		if (!points_back(m, rr.start))
+		if (!name_ok(m, len, rr.start, &end) || !rdata_ok(m, &rr))
 			return 0;
 		if (rr.type == DNS_TYPE_OPT) {
 			if (found || rr.section != 2 ||

@@ -311,14 +311,30 @@ def test_answers_trickling_in_under_load_are_not_held_back(hostile, stubborn):
 
 
 def _malformed(kind, query):
-    """The right reply to query, made unreadable past its question."""
-    wire = bytearray(hostile.correct(query))
+    """The right reply to query, made unreadable past its question.  It has
+    no OPT, so records added at the end are in the answer section."""
+    r = dns.message.from_wire(hostile.correct(query))
+    r.use_edns(False)
+    wire = bytearray(r.to_wire())
     an = struct.unpack("!H", wire[6:8])[0]
     if kind == "pointer-loop":
         # One more answer whose owner points at itself.
         here = len(wire)
         wire += struct.pack("!HHHIH", 0xC000 | here, 1, 1, 300, 4) + bytes([192, 0, 2, 9])
         wire[6:8] = struct.pack("!H", an + 1)
+    elif kind == "rdata-pointer-loop":
+        # One more answer, a CNAME whose target points at itself.
+        here = len(wire)
+        wire += struct.pack("!HHHIHH", 0xC00C, 5, 1, 300, 2, 0xC000 | (here + 12))
+        wire[6:8] = struct.pack("!H", an + 1)
+    elif kind == "owner-pointer-loop":
+        # Two more: a TXT whose text, read as a name, points forward to the
+        # next owner, which points back into that text.
+        here = len(wire)
+        wire += struct.pack("!HHHIH", 0xC00C, 16, 1, 300, 4) + b"\x01a" + \
+            struct.pack("!H", 0xC000 | (here + 16))
+        wire += struct.pack("!HHHIH", 0xC000 | (here + 12), 1, 1, 300, 4) + bytes([192, 0, 2, 9])
+        wire[6:8] = struct.pack("!H", an + 2)
     elif kind == "count-past-end":
         wire[6:8] = struct.pack("!H", 65535)
     elif kind == "cut-short":
@@ -341,8 +357,8 @@ class Malformed(hostile.Script):
         conn.send(_malformed(self.kind, query))
 
 
-@pytest.mark.parametrize("kind", ["pointer-loop", "count-past-end", "cut-short", "two-opt",
-                                  "opt-in-answer"])
+@pytest.mark.parametrize("kind", ["pointer-loop", "rdata-pointer-loop", "owner-pointer-loop",
+                                  "count-past-end", "cut-short", "two-opt", "opt-in-answer"])
 def test_malformed_answer_fails_over(hostile, upstream, stubborn, kind):
     # The question matches but the records do not parse: clients would get
     # what they cannot read.  The next upstream answers instead, at once.

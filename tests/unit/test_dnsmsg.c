@@ -482,6 +482,118 @@ ttl_clamp_and_truncation_keep_opt(void **state)
 	assert_int_equal(m[n - 10] << 8 | m[n - 9], 41);
 }
 
+/*
+ * A reply to query_a of the records rr (n bytes, count records), its
+ * length; *at: where the records start.
+ */
+static size_t
+reply_of(uint8_t *m, const uint8_t *rr, size_t n, int count, size_t *at)
+{
+	memcpy(m, query_a, sizeof(query_a));
+	m[2] |= 0x80;
+	m[7] = (uint8_t)count;
+	memcpy(m + sizeof(query_a), rr, n);
+	*at = sizeof(query_a);
+	return sizeof(query_a) + n;
+}
+
+static size_t
+normalized(const uint8_t *rr, size_t n, int count)
+{
+	uint8_t m[512];
+	size_t at, len = reply_of(m, rr, n, count, &at);
+
+	return dnsmsg_reply_normalize(m, len, sizeof(m), 3600);
+}
+
+/* Offsets in a reply to query_a: the records start at 33. */
+#define AT	33
+#define EXAMPLE	16	/* "Example.com" in the question */
+
+static void
+reply_names(void **state)
+{
+	/* CNAME: owner -> question, target foo + -> Example.com. */
+	static const uint8_t cname[] = {
+		0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 6,
+		3, 'f', 'o', 'o', 0xc0, EXAMPLE,
+	};
+	/* SOA: two names, then five fields. */
+	static const uint8_t soa[] = {
+		0xc0, EXAMPLE, 0, 6, 0, 1, 0, 0, 0, 60, 0, 2 + 5 + 20,
+		0xc0, EXAMPLE, 2, 'n', 's', 0xc0, EXAMPLE,
+		0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 5,
+	};
+	static const uint8_t mx[] = {
+		0xc0, 12, 0, 15, 0, 1, 0, 0, 0, 60, 0, 4,
+		0, 10, 0xc0, EXAMPLE,
+	};
+	uint8_t rr[256];
+	size_t i;
+
+	(void)state;
+	assert_true(normalized(cname, sizeof(cname), 1) > 0);
+	assert_true(normalized(soa, sizeof(soa), 1) > 0);
+	assert_true(normalized(mx, sizeof(mx), 1) > 0);
+
+	/* The CNAME's target pointing at itself, then forward. */
+	memcpy(rr, cname, sizeof(cname));
+	rr[sizeof(cname) - 1] = AT + sizeof(cname) - 2;
+	assert_int_equal(normalized(rr, sizeof(cname), 1), 0);
+	rr[sizeof(cname) - 1] = AT + sizeof(cname) + 4;
+	assert_int_equal(normalized(rr, sizeof(cname), 1), 0);
+
+	/* RDLENGTH one byte long (the byte is there), then one short. */
+	memcpy(rr, cname, sizeof(cname));
+	rr[11] = 7;
+	rr[sizeof(cname)] = 0;
+	assert_int_equal(normalized(rr, sizeof(cname) + 1, 1), 0);
+	rr[11] = 5;
+	assert_int_equal(normalized(rr, sizeof(cname) - 1, 1), 0);
+
+	/* An SOA a byte short of its five fields. */
+	memcpy(rr, soa, sizeof(soa));
+	rr[11]--;
+	assert_int_equal(normalized(rr, sizeof(soa) - 1, 1), 0);
+
+	/*
+	 * An owner whose first pointer goes back, into an opaque RDATA that
+	 * points forward to that owner: a loop for whoever follows it.
+	 */
+	{
+		static const uint8_t loop[] = {
+			0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 4,
+			1, 'a', 0xc0, AT + 16,
+			0xc0, AT + 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4,
+			192, 0, 2, 1,
+		};
+
+		assert_int_equal(normalized(loop, sizeof(loop), 2), 0);
+	}
+
+	/* A chain of pointers: 16 of them pass, 17 do not. */
+	for (i = 0; i < 2; i++) {
+		size_t hops = 16 + i, n = 0, k, len;
+
+		memcpy(rr, cname, 12);
+		rr[3] = 16;	/* TXT: opaque, holds the chain */
+		rr[n + 11] = (uint8_t)(1 + 2 * (hops - 1));
+		n = 12;
+		rr[n++] = 0;		/* the root name */
+		for (k = 1; k < hops; k++) {
+			rr[n] = 0xc0;
+			rr[n + 1] = (uint8_t)(AT + n - (k == 1 ? 1 : 2));
+			n += 2;
+		}
+		len = n;
+		memcpy(rr + n, "\xc0\x00\x00\x01\x00\x01\x00\x00\x00\x3c"
+		    "\x00\x04\xc0\x00\x02\x01", 16);
+		rr[n + 1] = (uint8_t)(AT + len - 2);
+		n += 16;
+		assert_int_equal(normalized(rr, n, 2) > 0, i == 0);
+	}
+}
+
 static void
 skip_name(void **state)
 {
@@ -524,6 +636,7 @@ main(void)
 		cmocka_unit_test(truncation),
 		cmocka_unit_test(client_opt),
 		cmocka_unit_test(ttl_clamp_and_truncation_keep_opt),
+		cmocka_unit_test(reply_names),
 		cmocka_unit_test(skip_name),
 		cmocka_unit_test(qname_text),
 	};
