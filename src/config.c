@@ -118,21 +118,65 @@ base_dir(void)
 	return base;
 }
 
+const char *
+config_base_dir(void)
+{
+	return base_dir();
+}
+
+/*
+ * Absolute path p without ".", ".." or repeated slashes, in place: the
+ * chroot's paths are compared as text (sandbox_path_under).  By the
+ * letter, as the base came from getcwd and has no symbolic links.
+ */
+static void
+tidy(char *p)
+{
+	char *in = p, *out = p;
+
+	while (*in != '\0') {
+		const char *seg;
+		size_t n;
+
+		while (*in == '/')
+			in++;
+		seg = in;
+		in += n = strcspn(in, "/");
+		if (n == 0 || (n == 1 && seg[0] == '.'))
+			continue;
+		if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+			while (out > p && *--out != '/')
+				;
+			continue;
+		}
+		*out++ = '/';
+		memmove(out, seg, n);
+		out += n;
+	}
+	if (out == p)
+		*out++ = '/';
+	*out = '\0';
+}
+
 char *
 config_abspath(const char *path)
 {
-	const char *base;
+	const char *base = "";
 	size_t n;
 	char *p;
 
-	if (path[0] == '/' || path[0] == '\0' || *(base = base_dir()) == '\0')
+	if (path[0] == '\0' ||
+	    (path[0] != '/' && *(base = base_dir()) == '\0'))
 		return xstrdup(path);
+	if (path[0] == '/')
+		base = "";
 	n = strlen(base) + 1 + strlen(path) + 1;
 	if ((p = malloc(n)) == NULL) {
 		perror("malloc");
 		exit(1);
 	}
-	snprintf(p, n, "%s%s%s", base, strcmp(base, "/") ? "/" : "", path);
+	snprintf(p, n, "%s/%s", base, path);
+	tidy(p);
 	return p;
 }
 

@@ -812,9 +812,12 @@ cmd_pin(int argc, char **argv)
 		    tc.gate.report_only ? tc.gate.detail : tc.gate.ct.why);
 		/*
 		 * The pins are printed either way, but a gate enforcing CT
-		 * would refuse this chain: a check failed.
+		 * would refuse this chain: a check failed.  (Not with a
+		 * stale list, which makes the daemon's CT report-only.)
 		 */
-		if (tc.gate.report_only && cfg->ct == CT_ENFORCE)
+		if (tc.gate.report_only && cfg->ct == CT_ENFORCE &&
+		    time(NULL) - list->timestamp_ms / 1000 <=
+		    cfg->ct_max_list_age)
 			rc = EXIT_CHECK_FAILED;
 	}
 done:

@@ -210,8 +210,8 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	/*
 	 * SERVFAIL may be that upstream's trouble, not the name's: another
 	 * upstream up and not asked yet gets the question (as unbound's
-	 * forwarding does); one asked already may yet answer; a stale answer
-	 * beats it (RFC 8767).  Else the last SERVFAIL is passed on.
+	 * forwarding does); else a stale answer beats it (RFC 8767); else
+	 * one asked already may yet answer.  Else it is passed on.
 	 */
 	if (dnsmsg_rcode(buf) == DNS_RCODE_SERVFAIL) {
 		a->up = NULL;
@@ -220,12 +220,13 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 			dispatch_to(q, next);
 			return true;
 		}
-		if (attempts_busy(q))
-			return true;	/* its end, or the timer, decides */
+		/* A stale answer now beats a fresh one later, as dispatch_to. */
 		if (stale_held(q)) {
 			answer_failure(q);
 			return true;
 		}
+		if (attempts_busy(q))
+			return true;	/* its end, or the timer, decides */
 	}
 	cache_prefetch(q->r->cache, &q->key);
 	cache_store(q->r->cache, &q->key, buf, len, now);

@@ -295,6 +295,13 @@ sandbox_launcher_start(struct event_base *base, const char *user,
 		signal(SIGCHLD, SIG_DFL);
 		if (getppid() != parent)
 			_exit(0);	/* the daemon died already */
+		/*
+		 * Back where stubborn started (the daemon may have moved to
+		 * /): what it runs reads the conf's relative paths from there.
+		 */
+		if (*config_base_dir() != '\0' &&
+		    chdir(config_base_dir()) == -1)
+			_exit(1);
 		if (drop(user, NULL, "launcher running") != 0)
 			_exit(1);
 		launcher.conf = strdup(conf);

@@ -116,11 +116,14 @@ struct config {
 struct config *config_load(const char *path, bool must_exist, FILE *errs);
 
 /*
- * path, absolute: a relative one is taken from the directory stubborn
- * started in (the first call's, or config_load's, working directory).
- * The caller frees it.
+ * path, absolute and without "." or ".." (by the letter): a relative one
+ * is taken from the directory stubborn started in (config_base_dir).  The
+ * caller frees it.
  */
 char	*config_abspath(const char *path);
+
+/* The working directory of the first config_load (or call here). */
+const char *config_base_dir(void);
 
 /* Free cfg and everything it holds; NULL is a no-op. */
 void	config_free(struct config *cfg);

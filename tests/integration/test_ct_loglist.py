@@ -9,10 +9,12 @@ import http.server
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -215,6 +217,80 @@ def test_update_installs_fetched_list(stubborn_bin, universe, web, tmp_path, fir
               "--ca-file", str(universe.root_pem), "--log-list", str(target),
               "--at", str(universe.check_time)])
     assert c.returncode == 0, (c.stdout, c.stderr)
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _daemons(conf_arg):
+    """PIDs of the daemons (not their launchers) run with -c conf_arg."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{d}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if argv[1:4] == [b"run", b"-c", conf_arg.encode()] and comm != "stubborn-launch":
+            pids.append(int(d))
+    return pids
+
+
+@pytest.mark.parametrize("foreground", [True, False], ids=["foreground", "daemon"])
+def test_missing_list_is_fetched_at_start_from_relative_paths(stubborn_bin, universe, web,
+                                                               tmp_path, foreground):
+    # ct-log-list-url with no list installed: the daemon has its launcher
+    # fetch one at once.  The paths are relative, from where it started,
+    # also for the fetch the launcher runs once the daemon has moved to /.
+    (tmp_path / "lists").mkdir()
+    port = servers.free_port(["127.0.0.1"])
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "stubborn.conf").write_text("\n".join([
+        "[server]", f"listen = 127.0.0.1:{port}", "state-dir = lists", "",
+        "[trust]", f"ca-file = {universe.root_pem}", "ct = enforce",
+        "ct-log-list = lists/log_list.json",
+        f"ct-log-list-url = {web['servers']['ok'].url('/log_list.json')}", "",
+        "[upstream only]", f"url = tls://{ctf.HOSTNAME}:853", "address = 127.0.0.1", ""]))
+    conf_arg = "etc/../etc/stubborn.conf"
+    target = tmp_path / "lists" / "log_list.json"
+    log = open(tmp_path / "stubborn.log", "wb")
+    proc = subprocess.Popen([stubborn_bin, "run", "-c", conf_arg] + (["-f"] if foreground else []),
+                            cwd=tmp_path, env=web["env"], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT)
+    pids = []
+    try:
+        if not foreground:
+            assert proc.wait(timeout=10) == 0
+            deadline = time.monotonic() + 5
+            while not pids and time.monotonic() < deadline:
+                pids = _daemons(conf_arg)
+                time.sleep(0.05)
+            assert len(pids) == 1, pids
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (target.exists() and
+                                                   target.read_bytes() == web["good"]):
+            time.sleep(0.1)
+        assert target.read_bytes() == web["good"], (tmp_path / "stubborn.log").read_text()
+    finally:
+        if foreground:
+            proc.terminate()
+            proc.wait(timeout=15)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.close()
+    assert not any(_running(pid) for pid in pids), "the daemon did not stop"
 
 
 # (server, path, scheme, what the message must mention): each one must

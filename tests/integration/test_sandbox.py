@@ -163,10 +163,10 @@ def no_leak_check(monkeypatch):
 
 
 @root_only
-@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
-def test_chroot(stubborn_bin, upstream, certs, tmp_path, ipv6, request, no_leak_check,
-                relative):
-    # relative: the conf's paths and -c's start where stubborn started,
+@pytest.mark.parametrize("where", ["{jail}", "jail", "./jail/../jail/"],
+                         ids=["absolute", "relative", "dotted"])
+def test_chroot(stubborn_bin, upstream, certs, tmp_path, ipv6, request, no_leak_check, where):
+    # Relative paths, the conf's and -c's, start where stubborn started,
     # also for the reload that comes after the chroot's chdir.
     _nobody()
     jail = tmp_path / "jail"
@@ -175,7 +175,7 @@ def test_chroot(stubborn_bin, upstream, certs, tmp_path, ipv6, request, no_leak_
     up = upstream("first")
     listen = ["127.0.0.1"] + (["::1"] if ipv6 else [])
     port = servers.free_port(listen)
-    where = "jail" if relative else str(jail)
+    where = where.format(jail=jail).rstrip("/")
     text = servers.stubborn_conf(
         port, [up.spec(pins=[certs["good"].pin])], f"{where}/root.pem", ipv6,
         server_extra=[f"chroot = {jail}", "user = nobody", f"state-dir = {where}/state"])

@@ -314,10 +314,31 @@ directory_is_no_file(void **state)
 	free(errs);
 }
 
+static void
+abspath(void **state)
+{
+	char want[4200], *p;
+
+	(void)state;
+	snprintf(want, sizeof(want), "%s/a/b",
+	    strcmp(config_base_dir(), "/") ? config_base_dir() : "");
+	assert_string_equal(p = config_abspath("a/./b//"), want);
+	free(p);
+	assert_string_equal(p = config_abspath("./c/../a/b"), want);
+	free(p);
+	assert_string_equal(p = config_abspath("/x//y/./../z"), "/x/z");
+	free(p);
+	assert_string_equal(p = config_abspath("/../.."), "/");
+	free(p);
+	assert_string_equal(p = config_abspath(""), "");
+	free(p);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(abspath),
 		cmocka_unit_test(addr_parsing),
 		cmocka_unit_test(cidr_parsing),
 		cmocka_unit_test(url_parsing),
