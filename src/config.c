@@ -168,8 +168,6 @@ config_abspath(const char *path)
 	if (path[0] == '\0' ||
 	    (path[0] != '/' && *(base = base_dir()) == '\0'))
 		return xstrdup(path);
-	if (path[0] == '/')
-		base = "";
 	n = strlen(base) + 1 + strlen(path) + 1;
 	if ((p = malloc(n)) == NULL) {
 		perror("malloc");
