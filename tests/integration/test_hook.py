@@ -2,6 +2,7 @@
 detached, so a slow or hanging hook never holds up answers."""
 
 import json
+import os
 import time
 
 import clients
@@ -28,7 +29,8 @@ def test_hook_gets_the_incident_line(upstream, stubborn, certs, tmp_path):
     out = tmp_path / "hook.out"
     # A script: ';' would start a comment in the conf file.
     hook = tmp_path / "hook.sh"
-    hook.write_text(f"cat > {out}.tmp\necho done >> {out}.tmp\nmv {out}.tmp {out}\n")
+    hook.write_text(f"pwd > {out}.cwd\n"
+                    f"cat > {out}.tmp\necho done >> {out}.tmp\nmv {out}.tmp {out}\n")
     s = stubborn([bad.spec(pins=[certs["good"].pin]),
                   good.spec(pins=[certs["good"].pin])],
                  trust_extra=[f"on-incident = sh {hook}"])
@@ -40,6 +42,8 @@ def test_hook_gets_the_incident_line(upstream, stubborn, certs, tmp_path):
     assert json.loads(record) == s.incidents()[0]
     assert json.loads(record)["reason"] == "pin"
     assert bad.queries_seen() == 0
+    # It runs where stubborn was started.
+    assert (tmp_path / "hook.out.cwd").read_text().strip() == os.getcwd()
 
 
 def test_hanging_hook_blocks_nothing(upstream, stubborn, certs, tmp_path):
