@@ -198,6 +198,7 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 	struct upstream *next;
 
 	(void)arg;
+	cache_prefetch(q->r->cache, &q->key);
 	/*
 	 * One form for the cache and every client: TTLs within max-ttl, and
 	 * only our own OPT, last (each client then keeps or drops it).
@@ -228,7 +229,6 @@ reply_cb(void *arg, struct txq *tx, uint8_t *msg, size_t len)
 		if (attempts_busy(q))
 			return true;	/* its end, or the timer, decides */
 	}
-	cache_prefetch(q->r->cache, &q->key);
 	cache_store(q->r->cache, &q->key, buf, len, now);
 	answer_all(q, buf, len);
 	return true;
