@@ -13,6 +13,8 @@
 #define DNS_FLAG_RD	0x01	/* in byte 2 */
 #define DNS_FLAG_RA	0x80	/* in byte 3 */
 #define DNS_TYPE_OPT	41
+#define DNS_TYPE_IXFR	251
+#define DNS_TYPE_AXFR	252
 #define DNS_CLASS_NONE	254	/* meta-classes (RFC 6895 3.2) */
 #define DNS_CLASS_ANY	255
 #define DNS_EDNS_DO	0x8000
@@ -25,6 +27,7 @@ const char *const dnsmsg_status_str[] = {
 	[DNSMSG_FORMERR] = "formerr",
 	[DNSMSG_NOTIMP] = "notimp",
 	[DNSMSG_BADVERS] = "badvers",
+	[DNSMSG_REFUSED] = "refused",
 };
 
 static inline uint16_t
@@ -100,28 +103,34 @@ options_whole(const uint8_t *p, size_t len)
 enum dnsmsg_status
 dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 {
-	uint16_t an, ns, ar, i;
-	size_t off;
+	uint16_t qd, an, ns, ar, i;
+	size_t off = DNSMSG_HDR_LEN;
 	long end;
-	bool badvers = false;
+	bool badvers = false, notimp;
 
 	memset(info, 0, sizeof(*info));
 	info->udp_size = DNSMSG_UDP_MIN;
 	if (len < DNSMSG_HDR_LEN || (msg[2] & DNS_FLAG_QR))
 		return DNSMSG_DROP;
 	info->id = get16(msg);
-	if (((msg[2] >> 3) & 0x0f) != 0)
-		return DNSMSG_NOTIMP;
-	if (get16(msg + 4) != 1)
-		return DNSMSG_FORMERR;
-	end = plain_name_end(msg, len, DNSMSG_HDR_LEN);
-	if (end < 0 || (size_t)end + 4 > len)
-		return DNSMSG_FORMERR;
-	off = (size_t)end;
-	info->qtype = get16(msg + off);
-	info->qclass = get16(msg + off + 2);
-	off += 4;
-	info->qend = off;
+	/*
+	 * Another opcode, or other than one question, is refused; the rest
+	 * is still read for the client's OPT, which the answer must carry
+	 * (RFC 6891 6.1.1).  Unreadable, it is refused without.
+	 */
+	notimp = ((msg[2] >> 3) & 0x0f) != 0;
+	qd = get16(msg + 4);
+	for (i = 0; i < qd; i++) {
+		end = plain_name_end(msg, len, off);
+		if (end < 0 || (size_t)end + 4 > len)
+			return notimp ? DNSMSG_NOTIMP : DNSMSG_FORMERR;
+		off = (size_t)end + 4;
+	}
+	if (qd == 1 && !notimp) {
+		info->qtype = get16(msg + off - 4);
+		info->qclass = get16(msg + off - 2);
+		info->qend = off;
+	}
 
 	an = get16(msg + 6);
 	ns = get16(msg + 8);
@@ -132,12 +141,12 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 
 		end = dnsmsg_skip_name(msg, len, off);
 		if (end < 0 || (size_t)end + 10 > len)
-			return DNSMSG_FORMERR;
+			goto bad;
 		off = (size_t)end;
 		type = get16(msg + off);
 		rdlen = get16(msg + off + 8);
 		if (off + 10 + rdlen > len)
-			return DNSMSG_FORMERR;
+			goto bad;
 		if (type == DNS_TYPE_OPT) {
 			/*
 			 * RFC 6891 6.1.1: one OPT, in the additional
@@ -146,7 +155,7 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 			if (info->edns || i < (uint32_t)an + ns ||
 			    owner + 1 != off || !options_whole(msg + off + 10,
 			    rdlen))
-				return DNSMSG_FORMERR;
+				goto bad;
 			info->edns = true;
 			info->udp_size = get16(msg + off + 2);
 			if (info->udp_size < DNSMSG_UDP_MIN)
@@ -157,6 +166,10 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 		}
 		off += 10 + (size_t)rdlen;
 	}
+	if (notimp)
+		return DNSMSG_NOTIMP;
+	if (qd != 1)
+		return DNSMSG_FORMERR;
 	if (badvers)
 		return DNSMSG_BADVERS;
 	/*
@@ -167,7 +180,20 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 	 */
 	if (info->qclass == DNS_CLASS_ANY || info->qclass == DNS_CLASS_NONE)
 		return DNSMSG_NOTIMP;
+	/*
+	 * Zone transfers come from a zone's own servers (RFC 5936 4.2); a
+	 * resolver refuses them (unbound does), and an upstream's refusal
+	 * would count against it.
+	 */
+	if (info->qtype == DNS_TYPE_AXFR || info->qtype == DNS_TYPE_IXFR)
+		return DNSMSG_REFUSED;
 	return DNSMSG_OK;
+bad:
+	/* What broke may be the OPT itself: the answer goes without. */
+	info->edns = false;
+	info->do_bit = false;
+	info->udp_size = DNSMSG_UDP_MIN;
+	return notimp ? DNSMSG_NOTIMP : DNSMSG_FORMERR;
 }
 
 size_t
@@ -175,8 +201,8 @@ dnsmsg_error_reply(const uint8_t *query, size_t qlen,
     const struct dnsmsg_info *info, int rcode, uint8_t *out, size_t outsz)
 {
 	size_t n = info->qend ? info->qend : DNSMSG_HDR_LEN;
-	/* What broke may be the OPT itself: FORMERR goes without. */
-	bool opt = info->edns && rcode != DNS_RCODE_FORMERR;
+	/* info->edns only when the OPT itself was sound. */
+	bool opt = info->edns;
 
 	if (qlen < n || outsz < n + (opt ? 11 : 0))
 		return 0;

@@ -116,6 +116,8 @@ handle_query(struct listener *l, const struct client *c, bool ok,
 		rcode = DNS_RCODE_NOTIMP;
 	} else if (status == DNSMSG_BADVERS)
 		rcode = DNS_RCODE_BADVERS;
+	else if (status == DNSMSG_REFUSED)
+		rcode = DNS_RCODE_REFUSED;
 	else {
 		resolver_query(l->r, c, msg, len, &info);
 		return;

@@ -636,9 +636,13 @@ upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 	/*
 	 * REFUSED: that upstream will not serve us (an ACL, a rate limit),
 	 * which says nothing of the name.  Not an answer to pass on: the
-	 * next upstream's instead, and as many in a row mark it down.
+	 * next upstream's instead, and as many in a row mark it down.  But
+	 * a question outside class IN (CHAOS's version.bind, say) is the
+	 * client's to ask and the upstream's to refuse: that REFUSED is the
+	 * answer, and says nothing of the upstream either.
 	 */
-	if (dnsmsg_rcode(msg) == DNS_RCODE_REFUSED) {
+	if (dnsmsg_rcode(msg) == DNS_RCODE_REFUSED && q->qend >= 2 &&
+	    q->msg[q->qend - 2] == 0 && q->msg[q->qend - 1] == DNS_CLASS_IN) {
 		log_debug("upstream %s: REFUSED", c->up->conf->name);
 		upstream_note_failure(c->up, "REFUSED");
 		upstream_txq_failed(c, q, CONN_FAILED);

@@ -19,6 +19,7 @@
 #define DNS_RCODE_NXDOMAIN	3
 #define DNS_RCODE_NOTIMP	4
 #define DNS_RCODE_REFUSED	5
+#define DNS_CLASS_IN		1
 #define DNS_RCODE_BADVERS	16	/* extended: its upper bits in the OPT */
 
 enum dnsmsg_status {
@@ -27,6 +28,7 @@ enum dnsmsg_status {
 	DNSMSG_FORMERR,		/* answer FORMERR */
 	DNSMSG_NOTIMP,		/* answer NOTIMP (opcode, class ANY or NONE) */
 	DNSMSG_BADVERS,		/* answer BADVERS (EDNS version above 0) */
+	DNSMSG_REFUSED,		/* answer REFUSED (a zone transfer) */
 };
 extern const char *const dnsmsg_status_str[];
 

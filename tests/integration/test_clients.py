@@ -13,6 +13,7 @@ import time
 
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.query
 import dns.rcode
 import pytest
@@ -207,3 +208,37 @@ def test_allow_covering_client_answers(upstream, stubborn):
         q, r = clients.ask(s.port, servers.zone_name(3), "A", tcp=tcp, source="127.0.0.1")
         assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
         assert clients.answer_strings(r, "A") == [servers.zone_a(3)]
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_refusals_keep_the_clients_opt(resolver, tcp):
+    """RFC 6891 6.1.1: a query with an OPT gets one back, NOTIMP for
+    another opcode and FORMERR for other than one question included."""
+    ask = dns.query.tcp if tcp else dns.query.udp
+    for opcode in (dns.opcode.NOTIFY, dns.opcode.UPDATE, dns.opcode.STATUS):
+        q = dns.message.make_query(servers.zone_name(4), "SOA", use_edns=0,
+                                   want_dnssec=True)
+        q.set_opcode(opcode)
+        r = ask(q, "127.0.0.1", port=resolver.port, timeout=clients.CLIENT_TIMEOUT)
+        assert r.id == q.id
+        assert r.rcode() == dns.rcode.NOTIMP, clients.rcode_text(r)
+        assert r.edns == 0 and r.ednsflags & dns.flags.DO, (opcode, r.edns)
+    # No question, then two, each with an OPT: FORMERR with an OPT.
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    question = dns.message.make_query(servers.zone_name(4), "A").to_wire()[12:]
+    for qd, body in ((0, b""), (2, question * 2)):
+        wire = struct.pack("!HHHHHH", 0x5151, 0x0100, qd, 0, 0, 1) + body + opt
+        if tcp:
+            with socket.create_connection(("127.0.0.1", resolver.port), timeout=5) as c:
+                c.sendall(struct.pack("!H", len(wire)) + wire)
+                reply = dns.query.receive_tcp(c, time.time() + 5)[0]
+        else:
+            reply = dns.message.from_wire(_udp_exchange(resolver.port, wire))
+        assert reply.id == 0x5151
+        assert reply.rcode() == dns.rcode.FORMERR, clients.rcode_text(reply)
+        assert reply.edns == 0, f"QDCOUNT {qd}: no OPT in the answer"
+    # Two OPTs: the OPT is what broke, and the answer goes without.
+    wire = struct.pack("!HHHHHH", 0x5252, 0x0100, 1, 0, 0, 2) + question + opt * 2
+    reply = dns.message.from_wire(_udp_exchange(resolver.port, wire))
+    assert reply.rcode() == dns.rcode.FORMERR and reply.edns == -1
+    _still_answers(resolver)

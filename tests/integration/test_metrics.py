@@ -10,6 +10,8 @@ import re
 import socket
 import subprocess
 
+import dns.message
+import dns.query
 import dns.rcode
 import pytest
 
@@ -415,3 +417,33 @@ def test_metrics_listener_only_where_configured(upstream, stubborn, stubborn_bin
     assert re.search(rf"^metrics = 127\.0\.0\.1:{mport}$",
                      _check_config(stubborn_bin, on.conf), re.M)
     assert re.search(r"^metrics = $", _check_config(stubborn_bin, off.conf), re.M)
+
+
+def test_questions_an_upstream_may_refuse_leave_it_up(upstream, stubborn):
+    """A REFUSED to a question outside class IN, and a zone transfer, are
+    about the question, not the upstream: the client gets REFUSED, the
+    upstream stays up and /healthz stays 200.  Zone transfers are refused
+    here, nothing asked upstream."""
+    good = upstream("good", "good")
+    s, mport = _metrics_stubborn(stubborn, [good.spec()])
+    for rdclass in ("CH", "HS", "CH", "CH"):
+        q = dns.message.make_query(servers.zone_name(3), "A", rdclass=rdclass)
+        r = dns.query.udp(q, "127.0.0.1", port=s.port, timeout=clients.CLIENT_TIMEOUT)
+        assert r.id == q.id and r.question == q.question
+        assert r.rcode() == dns.rcode.REFUSED, clients.rcode_text(r)
+    # The upstream's answers, passed on (unbound logs no query of these).
+    assert _scrape(mport)("stubborn_upstream_answers_total", upstream="good") == 4
+    seen = good.queries_seen()
+    for rdtype in ("AXFR", "IXFR", "AXFR", "AXFR"):
+        for ask in (dns.query.udp, dns.query.tcp):
+            q = dns.message.make_query("zone.test", rdtype, use_edns=0)
+            r = ask(q, "127.0.0.1", port=s.port, timeout=clients.CLIENT_TIMEOUT)
+            assert r.id == q.id and r.question == q.question
+            assert r.rcode() == dns.rcode.REFUSED, clients.rcode_text(r)
+            assert r.edns == 0, "the answer to an EDNS query lost its OPT"
+    assert good.queries_seen() == seen, good.queries()
+    assert _get(mport, "/healthz")[0::2] == (200, "ok\n")
+    m = _scrape(mport)
+    assert m("stubborn_upstream_state", upstream="good", state="up") == 1
+    assert "upstream good: down" not in s.log_text()
+    _a(s.port, 8)

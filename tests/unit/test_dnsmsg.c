@@ -302,11 +302,11 @@ error_reply(void **state)
 		    DNS_RCODE_REFUSED, big, sizeof(big)), DNSMSG_ERROR_MAX);
 		dnsmsg_parse_query(query_opt, sizeof(query_opt), &info);
 	}
-	/* FORMERR goes without: the OPT may be what was wrong. */
+	/* FORMERR for a sound OPT keeps it (RFC 6891 6.1.1). */
 	n = dnsmsg_error_reply(query_opt, sizeof(query_opt), &info,
 	    DNS_RCODE_FORMERR, out, sizeof(out));
-	assert_int_equal(n, sizeof(query_opt) - 11);
-	assert_int_equal(out[11], 0);
+	assert_int_equal(n, sizeof(query_opt));
+	assert_int_equal(out[11], 1);
 
 	/* FORMERR for a query whose question did not parse: header only. */
 	assert_int_equal(dnsmsg_parse_query(query_a, 20, &info),
@@ -320,6 +320,89 @@ error_reply(void **state)
 	/* Too small an output buffer. */
 	assert_int_equal(dnsmsg_error_reply(query_a, sizeof(query_a), &info,
 	    DNS_RCODE_FORMERR, out, 11), 0);
+}
+
+/*
+ * RFC 6891 6.1.1: an answer to a query with an OPT carries one, whatever
+ * was refused (another opcode, other than one question), unless the OPT
+ * itself was the trouble.  Zone transfers are refused here.
+ */
+static void
+error_answers_keep_the_opt(void **state)
+{
+	uint8_t m[128], out[DNSMSG_ERROR_MAX];
+	const size_t qend = sizeof(query_opt) - 11;
+	struct dnsmsg_info info;
+	size_t n;
+
+	(void)state;
+	/* NOTIFY (opcode 4) with an OPT: NOTIMP, header and OPT. */
+	memcpy(m, query_opt, sizeof(query_opt));
+	m[2] = 4 << 3;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_NOTIMP);
+	assert_true(info.edns);
+	assert_int_equal(info.qend, 0);
+	n = dnsmsg_error_reply(m, sizeof(query_opt), &info, DNS_RCODE_NOTIMP,
+	    out, sizeof(out));
+	assert_int_equal(n, DNSMSG_HDR_LEN + 11);
+	assert_int_equal(out[5], 0);			/* no question */
+	assert_int_equal(out[11], 1);			/* the OPT */
+	assert_int_equal(out[DNSMSG_HDR_LEN + 2], 41);
+	assert_int_equal(out[DNSMSG_HDR_LEN + 7] & 0x80, 0x80);	/* DO */
+	assert_int_equal(dnsmsg_rcode(out), DNS_RCODE_NOTIMP);
+
+	/* No question, an OPT: FORMERR with the OPT. */
+	memcpy(m, query_opt, DNSMSG_HDR_LEN);
+	m[5] = 0;
+	memcpy(m + DNSMSG_HDR_LEN, query_opt + qend, 11);
+	assert_int_equal(dnsmsg_parse_query(m, DNSMSG_HDR_LEN + 11, &info),
+	    DNSMSG_FORMERR);
+	assert_true(info.edns);
+	n = dnsmsg_error_reply(m, DNSMSG_HDR_LEN + 11, &info,
+	    DNS_RCODE_FORMERR, out, sizeof(out));
+	assert_int_equal(n, DNSMSG_HDR_LEN + 11);
+	assert_int_equal(out[11], 1);
+
+	/* Two questions and an OPT: the same. */
+	memcpy(m, query_opt, qend);
+	memcpy(m + qend, query_opt + DNSMSG_HDR_LEN, qend - DNSMSG_HDR_LEN);
+	memcpy(m + 2 * qend - DNSMSG_HDR_LEN, query_opt + qend, 11);
+	m[5] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, 2 * qend - DNSMSG_HDR_LEN + 11,
+	    &info), DNSMSG_FORMERR);
+	assert_true(info.edns);
+	assert_int_equal(info.qend, 0);
+
+	/* Two OPTs: FORMERR, and the answer goes without. */
+	memcpy(m, query_opt, sizeof(query_opt));
+	memcpy(m + sizeof(query_opt), query_opt + qend, 11);
+	m[11] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt) + 11, &info),
+	    DNSMSG_FORMERR);
+	assert_false(info.edns);
+	n = dnsmsg_error_reply(m, sizeof(query_opt) + 11, &info,
+	    DNS_RCODE_FORMERR, out, sizeof(out));
+	assert_int_equal(n, qend);
+	assert_int_equal(out[11], 0);
+
+	/* AXFR and IXFR: REFUSED, question and OPT echoed. */
+	memcpy(m, query_opt, sizeof(query_opt));
+	m[qend - 3] = 252;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_REFUSED);
+	n = dnsmsg_error_reply(m, sizeof(query_opt), &info,
+	    DNS_RCODE_REFUSED, out, sizeof(out));
+	assert_int_equal(n, sizeof(query_opt));
+	assert_int_equal(out[5], 1);
+	assert_int_equal(out[11], 1);
+	m[qend - 3] = 251;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_REFUSED);
+	/* Type 250 (TSIG) goes upstream as before. */
+	m[qend - 3] = 250;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_OK);
 }
 
 static void
@@ -632,6 +715,7 @@ main(void)
 		cmocka_unit_test(parse_meta_class_with_edns),
 		cmocka_unit_test(parse_rejects),
 		cmocka_unit_test(error_reply),
+		cmocka_unit_test(error_answers_keep_the_opt),
 		cmocka_unit_test(reply_matching),
 		cmocka_unit_test(truncation),
 		cmocka_unit_test(client_opt),
