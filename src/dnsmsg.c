@@ -12,6 +12,7 @@
 #define DNS_FLAG_TC	0x02	/* in byte 2 */
 #define DNS_FLAG_RD	0x01	/* in byte 2 */
 #define DNS_FLAG_RA	0x80	/* in byte 3 */
+#define DNS_FLAG_AD	0x20	/* in byte 3 */
 #define DNS_TYPE_OPT	41
 #define DNS_TYPE_IXFR	251
 #define DNS_TYPE_AXFR	252
@@ -113,6 +114,7 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 	if (len < DNSMSG_HDR_LEN || (msg[2] & DNS_FLAG_QR))
 		return DNSMSG_DROP;
 	info->id = get16(msg);
+	info->ad_bit = (msg[3] & DNS_FLAG_AD) != 0;
 	/*
 	 * Another opcode, or other than one question, is refused; the rest
 	 * is still read for the client's OPT, which the answer must carry
@@ -269,7 +271,13 @@ dnsmsg_upstream_query(const uint8_t *query, const struct dnsmsg_info *info,
 	size_t n = info->qend, pad;
 
 	memcpy(out, query, n);
-	/* Keep RD, AD, CD; the sections are the question and our OPT. */
+	/*
+	 * Keep RD and CD, and ask for AD whatever the client did (RFC 6840
+	 * 5.7): the cached answer then holds the upstream's verdict, and
+	 * each client is told it only if it asked (resolver.c).  The
+	 * sections are the question and our OPT.
+	 */
+	out[3] |= DNS_FLAG_AD;
 	put16(out + 6, 0);
 	put16(out + 8, 0);
 	put16(out + 10, 1);

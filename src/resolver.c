@@ -110,6 +110,9 @@ deliver(const struct client *c, const struct dnsmsg_info *info,
 	dnsmsg_set_id(buf, info->id);
 	/* Same name but for case: the client sees its own spelling (0x20). */
 	memcpy(buf + DNSMSG_HDR_LEN, qname, info->qend - DNSMSG_HDR_LEN - 4);
+	/* RFC 6840 5.8: AD only for a client that asked with AD or DO. */
+	if (!info->ad_bit && !info->do_bit)
+		dnsmsg_clear_ad(buf);
 	len = dnsmsg_client_opt(buf, len, sizeof(buf), info->edns);
 	listener_answer(c, buf, len, info->udp_size);
 }

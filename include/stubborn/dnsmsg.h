@@ -41,6 +41,7 @@ struct dnsmsg_info {
 	uint16_t	udp_size;	/* largest UDP answer the client takes */
 	bool		edns;		/* an OPT record was present */
 	bool		do_bit;
+	bool		ad_bit;		/* the header's AD: it takes AD back */
 };
 
 /*
@@ -169,6 +170,12 @@ dnsmsg_set_id(uint8_t *msg, uint16_t id)
 {
 	msg[0] = (uint8_t)(id >> 8);
 	msg[1] = (uint8_t)id;
+}
+
+static inline void
+dnsmsg_clear_ad(uint8_t *msg)
+{
+	msg[3] &= (uint8_t)~0x20;
 }
 
 /* A forwarder and cache speaks for no zone: AA off (RFC 1035 4.1.1). */

@@ -519,3 +519,42 @@ def test_stale_answer_is_kept_only_serve_stale_seconds(upstream, stubborn):
     q, r = clients.ask(s.port, SHORT)
     assert r.rcode() == dns.rcode.SERVFAIL, (clients.rcode_text(r), r.to_text())
     assert r.answer == []
+
+
+def test_ad_bit_follows_each_client_not_the_first(hostile, stubborn):
+    """Upstream queries ask for the AD bit (RFC 6840 5.7), so one cached
+    answer holds the upstream's verdict; each client then sees AD only if
+    it asked with AD or DO (RFC 6840 5.8), whoever filled the cache."""
+    def make(query):
+        # A validating upstream: AD when asked for it, as unbound does.
+        r = dns.message.make_response(query)
+        q = query.question[0]
+        r.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", "192.0.2.53"))
+        if query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO:
+            r.flags |= dns.flags.AD
+        return r.to_wire()
+
+    h = hostile(slow.Answer(make))
+    s = stubborn([h.spec()])
+
+    def ask(name, ad, do=False, tcp=False):
+        q = dns.message.make_query(name, "A", want_dnssec=do)
+        q.flags = (q.flags | dns.flags.AD) if ad else (q.flags & ~dns.flags.AD)
+        ask_ = dns.query.tcp if tcp else dns.query.udp
+        r = ask_(q, "127.0.0.1", port=s.port, timeout=clients.CLIENT_TIMEOUT)
+        assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+        return bool(r.flags & dns.flags.AD)
+
+    # The first asker without AD fills the cache; an AD asker still gets it.
+    assert ask("one.ad.test", ad=False) is False
+    assert ask("one.ad.test", ad=True) is True
+    # DO is another key (another upstream query): AD too.
+    assert ask("one.ad.test", ad=False, do=True, tcp=True) is True
+    # The other way round: an AD asker first, then one that did not ask.
+    assert ask("two.ad.test", ad=True, tcp=True) is True
+    assert ask("two.ad.test", ad=False) is False
+    assert ask("two.ad.test", ad=False, tcp=True) is False
+    names = [q[2].lower() for q in h.queries()]
+    assert names.count("one.ad.test.") == 2 and names.count("two.ad.test.") == 1, names
+    for wire in h.raw_queries():
+        assert dns.message.from_wire(wire).flags & dns.flags.AD, "asked without AD"
