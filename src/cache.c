@@ -333,27 +333,30 @@ cache_lookup(struct cache *c, const struct cache_key *k, uint64_t now_ms,
 {
 	struct entry *e;
 	uint64_t age;
+	uint32_t life;
 	uint16_t i;
 
 	if (c == NULL || c->max == 0 || (e = find(c, k)) == NULL)
 		return 0;
+	/* A max-ttl lowered since (a reload) holds for this one too. */
+	life = e->ttl < c->max_ttl ? e->ttl : c->max_ttl;
 	age = (now_ms - e->stored_ms) / 1000;
-	if (age >= e->ttl + (uint64_t)c->serve_stale) {
+	if (age >= life + (uint64_t)c->serve_stale) {
 		entry_drop(c, e);	/* past any use */
 		return 0;
 	}
-	if ((age >= e->ttl && !stale) || e->len > outsz)
+	if ((age >= life && !stale) || e->len > outsz)
 		return 0;
 	memcpy(out, entry_wire(e), e->len);
 	for (i = 0; i < e->nttl; i++) {
 		uint8_t *p = out + e->ttl_off[i];
 		uint32_t ttl = get32(p);
 
-		if (age >= e->ttl)
+		if (age >= life)
 			ttl = CACHE_STALE_TTL;
 		else {
-			if (ttl > e->ttl)
-				ttl = e->ttl;
+			if (ttl > life)
+				ttl = life;
 			ttl = ttl > age ? ttl - (uint32_t)age : 0;
 		}
 		put32(p, ttl);

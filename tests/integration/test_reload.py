@@ -146,6 +146,25 @@ def test_cache_survives_reload(upstream, stubborn, certs, ipv6):
     assert _who(s.port, "fresh") == ["first"]
 
 
+def test_lower_max_ttl_holds_for_answers_cached_before(upstream, stubborn, certs, ipv6):
+    """max-ttl takes effect at once: an answer cached under the old one is
+    served with no TTL above the new one, and still from the cache."""
+    first = upstream("first")
+    s = stubborn([first.spec()])
+    name = servers.zone_name(8)
+    _, r = clients.ask(s.port, name, "A")
+    assert r.answer[0].ttl > 60, r
+    seen = slow.settle(first.queries_seen)
+    s.conf.write_text(_conf_text(s, [first.spec()], certs, ipv6,
+                                 cache_extra=["max-ttl = 60"]))
+    _reload_ok(s)
+    for tcp in (False, True):
+        _, r = clients.ask(s.port, name, "A", tcp=tcp)
+        assert clients.answer_strings(r, "A") == [servers.zone_a(8)]
+        assert 0 < r.answer[0].ttl <= 60, r
+    assert slow.settle(first.queries_seen) == seen, first.queries()
+
+
 def test_upstream_added_by_reload_is_used(upstream, stubborn, certs, ipv6):
     first = upstream("first")
     second = upstream("second")

@@ -167,6 +167,17 @@ max_ttl_clamps(void **state)
 	assert_int_equal(cache_lookup(c, &k, T0 + 10000, false, out,
 	    sizeof(out)), 0);
 	cache_free(c);
+
+	/* A lower max-ttl (a reload) holds for what is cached already. */
+	c = cache_new(10, 86400, 0);
+	assert_true(cache_store(c, &k, a, al, T0));
+	cache_set_limits(c, 60, 0);
+	assert_int_equal(cache_lookup(c, &k, T0 + 1000, false, out,
+	    sizeof(out)), al);
+	assert_int_equal(ttl_at(out, ql), 59);
+	assert_int_equal(cache_lookup(c, &k, T0 + 60000, false, out,
+	    sizeof(out)), 0);
+	cache_free(c);
 }
 
 static void
