@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -1024,23 +1025,49 @@ conf_reader(char *str, int num, void *stream)
 {
 	struct parse_ctx *ctx = stream;
 	char *p, *end;
-	size_t len;
+	size_t len = 0, max = (size_t)num - 2;	/* room for "\n\0" */
+	bool nul = false, got = false, bom = ctx->line == 0;
+	int ch, last = EOF;
 
-	if (fgets(str, num, ctx->fp) == NULL) {
+	/*
+	 * A byte at a time: fgets would hide a NUL, and everything after
+	 * it on the line, from inih.  The line end's CR (CRLF files) and a
+	 * UTF-8 byte order mark before the first line are no characters of
+	 * the line.
+	 */
+	while ((ch = getc(ctx->fp)) != EOF && ch != '\n') {
+		got = true;
+		if (ch == '\0')
+			nul = true;
+		if (len <= max)
+			str[len] = (char)ch;
+		last = ch;
+		if (++len == 3 && bom) {
+			bom = false;
+			if (memcmp(str, "\xef\xbb\xbf", 3) == 0) {
+				len = 0;
+				last = EOF;
+			}
+		}
+	}
+	if (ch == EOF && (!got || ferror(ctx->fp))) {
 		ctx->read_errno = !ferror(ctx->fp) ? 0 : errno ? errno : EIO;
 		return NULL;
 	}
 	ctx->line++;
-	len = strlen(str);
-	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(ctx->fp)) {
-		int ch;
-
-		conf_error(ctx, "line longer than %d characters", num - 2);
-		while ((ch = fgetc(ctx->fp)) != EOF && ch != '\n')
-			;
+	if (last == '\r')
+		len--;
+	if (nul || len > max) {
+		if (nul)
+			conf_error(ctx, "a NUL byte in the line");
+		else
+			conf_error(ctx, "line longer than %d characters",
+			    num - 2);
 		str[0] = '\0';
 		return str;
 	}
+	str[len] = '\n';
+	str[len + 1] = '\0';
 	for (p = str; isspace((unsigned char)*p); p++)
 		;
 	/*
@@ -1217,6 +1244,41 @@ validate(struct parse_ctx *ctx)
 	}
 }
 
+/* No errno says "not a regular file": this one stands for it here. */
+#define EFTYPE_CONF	(-1)
+
+/*
+ * The conf file, opened only if it is a regular file: a FIFO would block
+ * the open and /dev/zero the read for ever, a directory read as empty.
+ */
+static FILE *
+open_regular(const char *path)
+{
+	struct stat st;
+	FILE *fp;
+	int fd, e = 0;
+
+	if ((fd = open(sandbox_path(path), O_RDONLY | O_NONBLOCK |
+	    O_CLOEXEC)) == -1)
+		return NULL;
+	if (fstat(fd, &st) == -1)
+		e = errno;
+	else if (S_ISDIR(st.st_mode))
+		e = EISDIR;
+	else if (!S_ISREG(st.st_mode))
+		e = EFTYPE_CONF;
+	if (e != 0) {
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	if ((fp = fdopen(fd, "r")) == NULL) {
+		close(fd);
+		return NULL;
+	}
+	return fp;
+}
+
 struct config *
 config_load(const char *path, bool must_exist, FILE *errs)
 {
@@ -1233,24 +1295,14 @@ config_load(const char *path, bool must_exist, FILE *errs)
 	ctx.errs = errs;
 	ctx.path = path ? path : "(built-in)";
 	defaults(&ctx);
-	if (path != NULL) {
-		ctx.fp = fopen(sandbox_path(path), "r");
-		if (ctx.fp == NULL && (errno != ENOENT || must_exist)) {
-			fprintf(errs, "%s: %s\n", path, strerror(errno));
-			config_free(cfg);
-			return NULL;
-		}
+	if (path != NULL && (ctx.fp = open_regular(path)) == NULL &&
+	    (errno != ENOENT || must_exist)) {
+		fprintf(errs, "%s: %s\n", path, errno == EFTYPE_CONF ?
+		    "not a regular file" : strerror(errno));
+		config_free(cfg);
+		return NULL;
 	}
 	if (ctx.fp != NULL) {
-		struct stat st;
-
-		/* fopen takes a directory; reading it would fail quietly. */
-		if (fstat(fileno(ctx.fp), &st) == 0 && S_ISDIR(st.st_mode)) {
-			fprintf(errs, "%s: %s\n", path, strerror(EISDIR));
-			fclose(ctx.fp);
-			config_free(cfg);
-			return NULL;
-		}
 		cfg->path = xstrdup(path);
 		rc = ini_parse_stream(conf_reader, &ctx, conf_handler, &ctx);
 		if (ctx.read_errno != 0) {

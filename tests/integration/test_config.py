@@ -3,6 +3,7 @@ anything runs, check-config shows what would run, and `pin` prints pins
 ready to paste."""
 
 import base64
+import os
 import re
 import subprocess
 
@@ -79,6 +80,10 @@ BAD = {
                                                 "url = tls://192.0.2.1:853"),
     "url-ipv6-literal": lambda l: _replace(l, "url = tls://dns.test:8853",
                                            "url = tls://[2001:db8::1]:853"),
+    # A NUL would hide the rest of its line: an allow or pin line lost.
+    "nul-line-start": lambda l: _insert_after(l, "listen", "\0allow = 192.0.2.0/24"),
+    "nul-in-value": lambda l: _replace(l, "url = tls://dns.test:8853",
+                                       "url = tls://dns.test:8853\0.example"),
     "unknown-section": lambda l: _insert_after(l, "quarantine", "[bogus]"),
     "unknown-section-with-key": lambda l: (l + ["[resolver]", "threads = 2"], len(l) + 1),
 }
@@ -142,6 +147,39 @@ def test_directory_as_conf_file_is_an_input_error(stubborn_bin, tmp_path, comman
     p = _run(cmd)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert f"{tmp_path}: Is a directory" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "dev-null"])
+def test_conf_that_is_not_a_regular_file_is_an_input_error(stubborn_bin, tmp_path, kind):
+    # A FIFO would block the open, /dev/zero the read, for ever; /dev/null
+    # would be an empty conf, sending queries to the built-in upstreams.
+    if kind == "fifo":
+        path = tmp_path / "conf.fifo"
+        os.mkfifo(path)
+    else:
+        path = "/dev/" + kind[4:]
+    p = _run([stubborn_bin, "check-config", "-c", str(path)], timeout=5)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"{path}: not a regular file" in p.stderr, p.stderr
+
+
+def test_crlf_and_byte_order_mark_are_no_characters_of_a_line(stubborn_bin, tmp_path):
+    # The longest line allowed (198 characters) stays allowed in a file
+    # written on Windows: CRLF line ends and a UTF-8 byte order mark.
+    hook = "/bin/true " + "x" * (198 - len("on-incident = /bin/true "))
+    lines = ["; " + "c" * 196, "[trust]", "ct = off", f"on-incident = {hook}",
+             "[upstream a]", "url = tls://dns.test", "address = 127.0.0.2"]
+    assert max(len(l) for l in lines) == 198
+    conf = tmp_path / "windows.conf"
+    conf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    p = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert f"on-incident = {hook}\n" in p.stdout, p.stdout
+    # One more character is one too many, CR or not.
+    conf.write_bytes("\r\n".join(lines).replace(hook, hook + "x").encode() + b"\r\n")
+    p = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"{conf}:4: line longer than 198 characters" in p.stderr, p.stderr
 
 
 def test_check_config_loads_the_trust_stores_as_run_does(stubborn_bin, tmp_path):
