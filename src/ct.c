@@ -65,37 +65,84 @@ const char *const ct_policy_str[] = {
 	[CT_POLICY_APPLE] = "apple",
 };
 
+/* n decimal digits at *p, advancing it; -1 if there are fewer. */
+static int
+digits(const char **p, int n)
+{
+	int v = 0;
+
+	for (; n > 0; n--, (*p)++) {
+		if (!isdigit((unsigned char)**p))
+			return -1;
+		v = v * 10 + (**p - '0');
+	}
+	return v;
+}
+
+/* The separator sep at *p (either case), advancing it. */
+static bool
+sep(const char **p, char c)
+{
+	if (toupper((unsigned char)**p) != c)
+		return false;
+	(*p)++;
+	return true;
+}
+
+/*
+ * RFC 3339 5.6, by the letter: every field in its range (the day within
+ * its month, a leap second allowed), T and Z in either case (its NOTE).
+ */
 int
 ct_parse_rfc3339(const char *s, int64_t *ms)
 {
+	static const int mdays[12] = {
+		31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
+	};
+	const char *p = s;
 	struct tm tm;
-	const char *p;
 	int64_t frac = 0, scale = 100, off = 0;
+	int y, mo, d, h, mi, sec, oh, om, leap;
 	time_t t;
 
-	memset(&tm, 0, sizeof(tm));
-	p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (p == NULL)
+	if ((y = digits(&p, 4)) < 0 || !sep(&p, '-') ||
+	    (mo = digits(&p, 2)) < 1 || mo > 12 || !sep(&p, '-') ||
+	    (d = digits(&p, 2)) < 1 || !sep(&p, 'T') ||
+	    (h = digits(&p, 2)) < 0 || h > 23 || !sep(&p, ':') ||
+	    (mi = digits(&p, 2)) < 0 || mi > 59 || !sep(&p, ':') ||
+	    (sec = digits(&p, 2)) < 0 || sec > 60)
+		return -1;
+	leap = mo == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+	if (d > mdays[mo - 1] + leap)
 		return -1;
 	if (*p == '.') {
+		if (!isdigit((unsigned char)p[1]))
+			return -1;
 		for (p++; isdigit((unsigned char)*p); p++) {
 			frac += (*p - '0') * scale;
 			scale /= 10;
 		}
 	}
-	if (*p == 'Z' || *p == 'z')
-		p++;
+	if (sep(&p, 'Z'))
+		;
 	else if (*p == '+' || *p == '-') {
-		int hh, mm;
+		int sign = *p++ == '+' ? 1 : -1;
 
-		if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2 || strlen(p) != 6)
+		if ((oh = digits(&p, 2)) < 0 || oh > 23 || !sep(&p, ':') ||
+		    (om = digits(&p, 2)) < 0 || om > 59)
 			return -1;
-		off = (hh * 3600 + mm * 60) * (*p == '+' ? 1 : -1);
-		p += 6;
+		off = (int64_t)(oh * 3600 + om * 60) * sign;
 	} else
 		return -1;
 	if (*p != '\0')
 		return -1;
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec;
 	if ((t = timegm(&tm)) == (time_t)-1)
 		return -1;
 	*ms = ((int64_t)t - off) * 1000 + frac;

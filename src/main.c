@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -901,6 +902,8 @@ parse_time_arg(const char *s, int64_t *ms)
 
 	if (ct_parse_rfc3339(s, ms) == 0)
 		return 0;
+	if (!isdigit((unsigned char)s[0]))
+		return -1;	/* strtoll would take blanks and signs */
 	errno = 0;
 	v = strtoll(s, &ep, 10);
 	/* Up to the end of year 9999, the last a certificate can name. */

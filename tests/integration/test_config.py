@@ -229,3 +229,14 @@ def test_pin_command_refuses_unverified_server(stubborn_bin, upstream, certs, ce
               "--address", u.address, "--ca-file", str(certs.root_pem)])
     assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
     assert _pins_printed(p.stdout) == [], p.stdout
+
+
+@pytest.mark.parametrize("at", ["2027-02-29T00:00:00Z", "2026-11-31T12:00:00Z",
+                                "2026-12-02T10:00:61Z", "2026-12-02T10:00:00+25:00",
+                                "2026-12-02T10:00:00+01:99", " 1700000000", "+1700000000"])
+def test_check_cert_refuses_an_impossible_time(stubborn_bin, tmp_path, at):
+    # Not normalised into another date, which could change the verdict.
+    p = _run([stubborn_bin, "check-cert", "--chain", str(tmp_path / "none.pem"),
+              "--host", "dns.test", "--at", at])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"bad time '{at}'" in p.stderr, p.stderr

@@ -234,6 +234,29 @@ rfc3339(void **state)
 	assert_int_equal(ct_parse_rfc3339("2025-08-21 12:40:00Z", &ms), -1);
 	assert_int_equal(ct_parse_rfc3339("2025-08-21T12:40:00", &ms), -1);
 	assert_int_equal(ct_parse_rfc3339("2025-08-21T12:40:00Zx", &ms), -1);
+	/* Lower-case t and z (RFC 3339 5.6 NOTE); a leap second. */
+	assert_int_equal(ct_parse_rfc3339("2025-08-21t12:40:00z", &ms), 0);
+	assert_int_equal(ms, REALWORLD_AT);
+	assert_int_equal(ct_parse_rfc3339("2016-12-31T23:59:60Z", &ms), 0);
+	assert_int_equal(ct_parse_rfc3339("2024-02-29T00:00:00Z", &ms), 0);
+	assert_int_equal(ct_parse_rfc3339("2000-02-29T00:00:00Z", &ms), 0);
+	/* Out of range, never normalised into another date. */
+	assert_int_equal(ct_parse_rfc3339("2027-02-29T00:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("1900-02-29T00:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2027-02-31T00:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-11-31T12:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-00T12:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-13-01T12:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-02T24:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-02T10:60:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-02T10:00:61Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-02T10:00:00+25:00", &ms),
+	    -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-02T10:00:00+01:99", &ms),
+	    -1);
+	assert_int_equal(ct_parse_rfc3339("2026-12-02T10:00:00.Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339(" 2026-12-02T10:00:00Z", &ms), -1);
+	assert_int_equal(ct_parse_rfc3339("2026-1-02T10:00:00Z", &ms), -1);
 }
 
 /* A v3 list with a fresh key per log; bad entries made on purpose. */
