@@ -808,7 +808,8 @@ cmd_pin(int argc, char **argv)
 	    tc.addrstr);
 	print_chain_pins(SSL_get0_verified_chain(tc.ssl));
 	if (list == NULL)
-		printf("# ct: skipped (no CT log list in the conf)\n");
+		printf("# ct: skipped (%s)\n", cfg->ct == CT_OFF ?
+		    "ct = off in the conf" : "no CT log list in the conf");
 	else {
 		/* Comments, so the output can still be pasted into a conf. */
 		print_scts("# ", list, &tc.gate.ct);

@@ -621,6 +621,7 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 {
 	const char *why;
 	struct addr a;
+	int r;
 
 	memset(tc, 0, sizeof(*tc));
 	tc->fd = -1;
@@ -641,8 +642,13 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 	tc->gate.ct_list = list;
 	tc->gate.ct_policy = policy;
 	tc->gate.ct_report = true;
-	if ((tc->ctx = tls_ctx_new(ca_file)) == NULL ||
-	    (tc->ssl = tls_ssl_new(tc->ctx, &tc->uc, &tc->gate)) == NULL) {
+	if ((tc->ctx = tls_ctx_new(ca_file)) == NULL) {
+		/* A CA file named but unusable is bad input, as in the conf. */
+		snprintf(err, errsz, ca_file ? "cannot load the CA file '%s'" :
+		    "cannot load the system trust store", ca_file);
+		return ca_file ? -2 : -1;
+	}
+	if ((tc->ssl = tls_ssl_new(tc->ctx, &tc->uc, &tc->gate)) == NULL) {
 		snprintf(err, errsz, "cannot set up TLS");
 		return -1;
 	}
@@ -651,7 +657,10 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 		return -1;
 	}
 	SSL_set_fd(tc->ssl, tc->fd);
-	if (SSL_connect(tc->ssl) != 1) {
+	errno = 0;
+	if ((r = SSL_connect(tc->ssl)) != 1) {
+		int serr = SSL_get_error(tc->ssl, r), sys = errno;
+
 		if (tc->gate.checked && tc->gate.verdict != TRUST_OK)
 			snprintf(err, errsz, "%s at %s: rejected (%s): %s",
 			    tc->uc.host, tc->addrstr,
@@ -660,9 +669,16 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 		else {
 			unsigned long e = ERR_peek_last_error();
 
+			/* The socket's receive timeout ends a silent server. */
 			snprintf(err, errsz, "%s at %s: TLS handshake failed: "
 			    "%s", tc->uc.host, tc->addrstr, e ?
-			    ERR_reason_error_string(e) : "connection closed");
+			    ERR_reason_error_string(e) :
+			    serr == SSL_ERROR_WANT_READ ||
+			    serr == SSL_ERROR_WANT_WRITE ||
+			    (serr == SSL_ERROR_SYSCALL && (sys == EAGAIN ||
+			    sys == EWOULDBLOCK)) ? "no answer in time" :
+			    serr == SSL_ERROR_SYSCALL && sys != 0 ?
+			    strerror(sys) : "connection closed");
 		}
 		ERR_clear_error();
 		return -1;

@@ -5,6 +5,7 @@ ready to paste."""
 import base64
 import os
 import re
+import socket
 import subprocess
 
 import pytest
@@ -220,6 +221,30 @@ def test_pin_command_prints_chain_pins(stubborn_bin, upstream, certs):
     # with the trust anchor that ca-file supplied.
     assert pins == [certs["good"].pin, pki.spki_pin(certs.intermediate),
                     pki.spki_pin(certs.root)], p.stdout
+
+
+def test_pin_command_with_an_unusable_ca_file_is_an_input_error(stubborn_bin, tmp_path):
+    notpem = tmp_path / "notpem.txt"
+    notpem.write_text("not a certificate\n")
+    for ca in (tmp_path / "absent.pem", notpem):
+        # Nothing listens there: the CA file is refused before any connect.
+        p = _run([stubborn_bin, "pin", f"tls://{pki.HOSTNAME}:853", "--address",
+                  "127.0.0.1:1", "--ca-file", str(ca)])
+        assert p.returncode == 2, (ca, p.returncode, p.stdout, p.stderr)
+        assert f"cannot load the CA file '{ca}'" in p.stderr, p.stderr
+
+
+def test_pin_command_says_when_the_server_never_answers(stubborn_bin, tmp_path):
+    # A server that takes the connection and says nothing: a timeout,
+    # not a close.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        p = _run([stubborn_bin, "pin", f"tls://{pki.HOSTNAME}:{port}",
+                  "--address", "127.0.0.1"], timeout=30)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "TLS handshake failed: no answer in time" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("cert", ["wrongname", "untrusted"])
