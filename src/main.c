@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
@@ -125,6 +126,27 @@ static bool		 ct_wanted(const struct config *);
 static struct ct_loglist *load_ct_list(const struct config *);
 
 /*
+ * The user to run as, looked up as run will (before any chroot, which
+ * need not hold a passwd file): a name that does not exist is a bad conf.
+ */
+static bool
+user_exists(const struct config *cfg)
+{
+	const char *path = cfg->path ? cfg->path : "(built-in)";
+
+	errno = 0;
+	if (cfg->user == NULL || getpwnam(cfg->user) != NULL)
+		return true;
+	if (errno != 0)
+		fprintf(stderr, "%s: user %s: %s\n", path, cfg->user,
+		    strerror(errno));
+	else
+		fprintf(stderr, "%s: user %s does not exist\n", path,
+		    cfg->user);
+	return false;
+}
+
+/*
  * What run would refuse at start is an error here too (a trust store that
  * does not load); what it would run without is a warning (no usable CT
  * log list: no CT check until one is installed).
@@ -140,6 +162,8 @@ cmd_check_config(int argc, char **argv)
 
 	if ((cfg = command_conf(argc, argv, &o, false)) == NULL)
 		return EXIT_USAGE;
+	if (!user_exists(cfg))
+		rc = EXIT_USAGE;
 	for (i = 0; i < cfg->nupstreams; i++) {
 		const struct upstream_conf *uc = &cfg->upstreams[i];
 		const char *ca = uc->ca_file ? uc->ca_file : cfg->ca_file;
@@ -575,8 +599,10 @@ sandbox(const struct config *cfg, const struct run_opts *o,
 	if (sandbox_drop_capabilities() != 0)
 		return -1;
 	/* As the user it now runs as; seccomp would not allow the test. */
-	if (cfg->state_dir != NULL &&
-	    access(sandbox_path(cfg->state_dir), W_OK | X_OK) != 0)
+	if (cfg->state_dir == NULL)
+		log_warnx("state-dir is empty: quarantines will not outlast a "
+		    "restart, and no deny list is read");
+	else if (access(sandbox_path(cfg->state_dir), W_OK | X_OK) != 0)
 		log_warnx("state-dir %s is not writable (%s): quarantines "
 		    "will not outlast a restart", cfg->state_dir,
 		    strerror(errno));
@@ -612,6 +638,11 @@ cmd_run(int argc, char **argv)
 	/* Read again on reload, from / or the chroot: absolute. */
 	o.conf = conf = config_abspath(o.conf);
 	if ((cfg = config_load(o.conf, o.conf_given, stderr)) == NULL) {
+		free(conf);
+		return EXIT_USAGE;
+	}
+	if (!user_exists(cfg)) {
+		config_free(cfg);
 		free(conf);
 		return EXIT_USAGE;
 	}

@@ -265,3 +265,22 @@ def test_check_cert_refuses_an_impossible_time(stubborn_bin, tmp_path, at):
               "--host", "dns.test", "--at", at])
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert f"bad time '{at}'" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_user_that_does_not_exist_is_an_input_error(stubborn_bin, tmp_path, command):
+    conf = tmp_path / "user.conf"
+    conf.write_text("[server]\nlisten = 127.0.0.1:5353\nuser = no-such-user-here\n"
+                    "[trust]\nct = off\n[upstream a]\nurl = tls://dns.test\n"
+                    "address = 127.0.0.2\n")
+    cmd = [stubborn_bin, command, "-c", str(conf)] + (["-f"] if command == "run" else [])
+    p = _run(cmd)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.count(f"{conf}: user no-such-user-here does not exist") == 1, p.stderr
+
+
+def test_empty_state_dir_is_said_at_start(upstream, stubborn):
+    u = upstream("first")
+    s = stubborn([u.spec()], server_extra=["state-dir ="])
+    assert ("state-dir is empty: quarantines will not outlast a restart, "
+            "and no deny list is read") in s.log_text(), s.log_text()
