@@ -72,11 +72,16 @@ static int
 parse_run_opts(int argc, char **argv, struct run_opts *o, bool run,
     int max_args)
 {
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
 	int ch;
 
 	o->conf = STUBBORN_CONF;
 	optind = 1;
-	while ((ch = getopt(argc, argv, run ? "c:fhv" : "c:h")) != -1) {
+	while ((ch = getopt_long(argc, argv, run ? "c:fhv" : "c:h", longopts,
+	    NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			o->conf = optarg;
@@ -1267,6 +1272,13 @@ main(int argc, char **argv)
 		return cmd_ct_watchlist(argc - 1, argv + 1);
 	if (strcmp(cmd, "ct-hook") == 0)
 		return cmd_ct_hook(argc - 1, argv + 1);
+	if ((strcmp(cmd, "version") == 0 || strcmp(cmd, "help") == 0) &&
+	    argc > 2) {
+		fprintf(stderr, "stubborn: unexpected argument '%s'\n",
+		    argv[2]);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
 	if (strcmp(cmd, "version") == 0) {
 		printf("stubborn %s\n", PACKAGE_VERSION);
 		return 0;

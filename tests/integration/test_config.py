@@ -205,6 +205,22 @@ def test_help_and_version_as_options(stubborn_bin, flag, word):
     assert p.stdout.startswith(word), p.stdout
 
 
+@pytest.mark.parametrize("command", ["run", "check-config", "check-cert", "pin",
+                                     "update-log-list"])
+def test_every_command_takes_help(stubborn_bin, command):
+    p = _run([stubborn_bin, command, "--help"])
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout.startswith("usage: stubborn"), p.stdout
+
+
+@pytest.mark.parametrize("args", [["version", "--bogus"], ["version", "extra"],
+                                  ["help", "extra"], ["check-config", "--bogus"]])
+def test_stray_arguments_are_usage_errors(stubborn_bin, args):
+    p = _run([stubborn_bin] + args)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert args[1] in p.stderr and "invalid option -- '-'" not in p.stderr, p.stderr
+
+
 def _pins_printed(stdout):
     return re.findall(r"^\s*pin = (sha256/[A-Za-z0-9+/=]+)\s*$", stdout, re.M)
 
