@@ -817,11 +817,26 @@ p_ct_log_list(struct parse_ctx *ctx, const char *v)
 	return parse_path(v, &ctx->cfg->ct_log_list);
 }
 
+/* Read as update-log-list will read it, so a bad one fails here. */
 static const char *
 p_ct_log_list_url(struct parse_ctx *ctx, const char *v)
 {
+	struct upstream_conf uc;
+	const char *err;
+
 	if (*v != '\0' && strncmp(v, "https://", 8) != 0)
 		return "ct-log-list-url must be an https:// URL";
+	if (*v != '\0') {
+		memset(&uc, 0, sizeof(uc));
+		err = config_parse_url(v, &uc);
+		free(uc.host);
+		free(uc.path);
+		if (err != NULL && strstr(err, "not an IP address") != NULL)
+			return "ct-log-list-url needs a hostname, not an IP "
+			    "address";
+		if (err != NULL)
+			return err;
+	}
 	return parse_string(v, &ctx->cfg->ct_log_list_url);
 }
 

@@ -85,6 +85,13 @@ BAD = {
     "nul-line-start": lambda l: _insert_after(l, "listen", "\0allow = 192.0.2.0/24"),
     "nul-in-value": lambda l: _replace(l, "url = tls://dns.test:8853",
                                        "url = tls://dns.test:8853\0.example"),
+    # update-log-list would refuse these at the first refresh.
+    "log-list-url-ip": lambda l: _insert_after(
+        l, "quarantine", "ct-log-list-url = https://192.0.2.1/log_list.json"),
+    "log-list-url-port": lambda l: _insert_after(
+        l, "quarantine", "ct-log-list-url = https://lists.test:0/log_list.json"),
+    "log-list-url-no-host": lambda l: _insert_after(l, "quarantine",
+                                                    "ct-log-list-url = https:///x.json"),
     "unknown-section": lambda l: _insert_after(l, "quarantine", "[bogus]"),
     "unknown-section-with-key": lambda l: (l + ["[resolver]", "threads = 2"], len(l) + 1),
 }
