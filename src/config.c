@@ -1432,8 +1432,14 @@ config_print(const struct config *cfg, FILE *out)
 	for (i = 0; i < cfg->nupstreams; i++) {
 		const struct upstream_conf *uc = &cfg->upstreams[i];
 
-		fprintf(out, "\n[upstream %s]\nurl = %s\naddress = ", uc->name,
-		    uc->url);
+		/* The effective URL: DoH's default path, no default port. */
+		fprintf(out, "\n[upstream %s]\nurl = %s://%s", uc->name,
+		    uc->proto == PROTO_DOH ? "https" : "tls", uc->host);
+		if (uc->port != (uc->proto == PROTO_DOH ? CONFIG_DOH_PORT :
+		    CONFIG_DOT_PORT))
+			fprintf(out, ":%u", uc->port);
+		fprintf(out, "%s\naddress = ", uc->proto == PROTO_DOH &&
+		    uc->path ? uc->path : "");
 		for (j = 0; j < uc->naddrs; j++)
 			fprintf(out, "%s%s", j ? ", " : "",
 			    config_addr_str(&uc->addrs[j], buf, sizeof(buf)));

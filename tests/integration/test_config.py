@@ -307,3 +307,16 @@ def test_empty_state_dir_is_said_at_start(upstream, stubborn):
     s = stubborn([u.spec()], server_extra=["state-dir ="])
     assert ("state-dir is empty: quarantines will not outlast a restart, "
             "and no deny list is read") in s.log_text(), s.log_text()
+
+
+def test_check_config_prints_the_effective_url(stubborn_bin, tmp_path):
+    conf = tmp_path / "urls.conf"
+    conf.write_text("[trust]\nct = off\n"
+                    "[upstream a]\nurl = https://DNS.test\naddress = 127.0.0.2\n"
+                    "[upstream b]\nurl = tls://dns.test.:853/\naddress = 127.0.0.2\n"
+                    "[upstream c]\nurl = https://dns.test:8443/q\naddress = 127.0.0.2\n")
+    p = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    urls = [l for l in p.stdout.splitlines() if l.startswith("url = ")]
+    assert urls == ["url = https://dns.test/dns-query", "url = tls://dns.test",
+                    "url = https://dns.test:8443/q"], p.stdout
