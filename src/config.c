@@ -787,6 +787,7 @@ p_serve_stale(struct parse_ctx *ctx, const char *v)
 static const char *
 p_ca_file(struct parse_ctx *ctx, const char *v)
 {
+	ctx->cfg->ca_file_line = ctx->line;
 	return parse_file(ctx, v, &ctx->cfg->ca_file);
 }
 
@@ -923,6 +924,7 @@ p_pin(struct parse_ctx *ctx, const char *v)
 static const char *
 p_up_ca_file(struct parse_ctx *ctx, const char *v)
 {
+	ctx->up->ca_file_line = ctx->line;
 	return parse_file(ctx, v, &ctx->up->ca_file);
 }
 

@@ -151,6 +151,48 @@ user_exists(const struct config *cfg)
 	return false;
 }
 
+/* One trust store, loaded as the upstreams will; false (said) if it fails. */
+static bool
+store_loads(const struct config *cfg, const char *ca, int line)
+{
+	SSL_CTX *ctx = tls_ctx_new(ca);
+
+	if (ctx != NULL) {
+		SSL_CTX_free(ctx);
+		return true;
+	}
+	if (ca == NULL)
+		fprintf(stderr, "stubborn: cannot load the system trust "
+		    "store\n");
+	else
+		fprintf(stderr, "%s:%d: ca-file %s: no certificate loads "
+		    "from it\n", cfg->path ? cfg->path : "(built-in)", line, ca);
+	return false;
+}
+
+/*
+ * Every trust store the upstreams use, each once, blamed on the line
+ * that named it: run would not start without them.
+ */
+static bool
+trust_stores_load(const struct config *cfg)
+{
+	bool ok = true, shared = false;
+	size_t i;
+
+	for (i = 0; i < cfg->nupstreams; i++) {
+		const struct upstream_conf *uc = &cfg->upstreams[i];
+
+		if (uc->ca_file != NULL)
+			ok &= store_loads(cfg, uc->ca_file, uc->ca_file_line);
+		else
+			shared = true;
+	}
+	if (shared)
+		ok &= store_loads(cfg, cfg->ca_file, cfg->ca_file_line);
+	return ok;
+}
+
 /*
  * What run would refuse at start is an error here too (a trust store that
  * does not load); what it would run without is a warning (no usable CT
@@ -163,24 +205,13 @@ cmd_check_config(int argc, char **argv)
 	struct config *cfg;
 	struct ct_loglist *list;
 	int rc = 0;
-	size_t i;
 
 	if ((cfg = command_conf(argc, argv, &o, false)) == NULL)
 		return EXIT_USAGE;
 	if (!user_exists(cfg))
 		rc = EXIT_USAGE;
-	for (i = 0; i < cfg->nupstreams; i++) {
-		const struct upstream_conf *uc = &cfg->upstreams[i];
-		const char *ca = uc->ca_file ? uc->ca_file : cfg->ca_file;
-		SSL_CTX *ctx = tls_ctx_new(ca);
-
-		if (ctx == NULL) {
-			log_warnx("upstream %s: cannot load its trust store "
-			    "(%s)", uc->name, ca ? ca : "the system store");
-			rc = EXIT_USAGE;
-		}
-		SSL_CTX_free(ctx);
-	}
+	if (!trust_stores_load(cfg))
+		rc = EXIT_USAGE;
 	if (ct_wanted(cfg)) {
 		if ((list = load_ct_list(cfg)) == NULL)
 			log_warnx("no usable CT log list (%s): certificates "
@@ -646,7 +677,7 @@ cmd_run(int argc, char **argv)
 		free(conf);
 		return EXIT_USAGE;
 	}
-	if (!user_exists(cfg)) {
+	if (!user_exists(cfg) || !trust_stores_load(cfg)) {
 		config_free(cfg);
 		free(conf);
 		return EXIT_USAGE;

@@ -64,6 +64,7 @@ struct upstream_conf {
 	struct pin		*pins;
 	size_t			 npins;
 	char			*ca_file;	/* NULL: [trust] ca-file */
+	int			 ca_file_line;	/* where it was set */
 	enum ct_mode		 ct;
 };
 
@@ -96,6 +97,7 @@ struct config {
 	long			 cache_serve_stale;
 
 	char			*ca_file;	/* NULL: the system store */
+	int			 ca_file_line;	/* where it was set */
 	enum ct_mode		 ct;
 	enum ct_policy		 ct_policy;
 	char			*ct_log_list;
