@@ -473,6 +473,13 @@ done:
 	return list;
 }
 
+/*
+ * How far ahead of this clock a list may be dated: a day of clock skew.
+ * An installed list dated further ahead (installed before this check)
+ * does not hold a newer real one back.
+ */
+#define FUTURE_SLACK_MS	(86400 * 1000LL)
+
 int
 ct_loglist_install(const char *path, const char *json, size_t len,
     const char *origin, int64_t installed_ms, long max_age_sec, FILE *out,
@@ -481,17 +488,27 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 	struct ct_loglist *list;
 	char *tmp = NULL, *dir = NULL, when[40], then[40];
 	int fd = -1, dfd = -1, rc = -1;
-	int64_t age_ms;
+	int64_t age_ms, now_ms;
 	size_t done = 0;
 
 	if ((list = ct_loglist_parse(json, len, origin, errs)) == NULL)
 		return -1;
-	age_ms = (int64_t)time(NULL) * 1000 - list->timestamp_ms;
+	now_ms = (int64_t)time(NULL) * 1000;
+	age_ms = now_ms - list->timestamp_ms;
 	ct_format_time(list->timestamp_ms, when, sizeof(when));
 	if (list->timestamp_ms == 0)
 		fprintf(errs, "%s: no log_list_timestamp: the list is dated "
 		    "by the file from now on\n", origin);
-	else if (list->timestamp_ms < installed_ms) {
+	else if (-age_ms > FUTURE_SLACK_MS) {
+		/*
+		 * Installed, it would refuse every real list until that
+		 * day as older than itself.
+		 */
+		fprintf(errs, "%s: the list is of %s, in the future\n", origin,
+		    when);
+		goto done;
+	} else if (list->timestamp_ms < installed_ms &&
+	    installed_ms - now_ms <= FUTURE_SLACK_MS) {
 		/* A mirror gone stale, or someone serving an old list. */
 		fprintf(errs, "%s: the list is of %s, older than the one "
 		    "installed (%s)\n", origin, when,

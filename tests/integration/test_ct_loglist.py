@@ -155,9 +155,11 @@ def web(tmp_path_factory, universe, ipv6):
     good = json.dumps(universe.log_list(), indent=1).encode() + b"\n"
     old = json.dumps(universe.log_list(timestamp=universe.now - 5 * DAY)).encode() + b"\n"
     stale = json.dumps(universe.log_list(timestamp=universe.now - 400 * DAY)).encode() + b"\n"
+    future = json.dumps(universe.log_list(timestamp=universe.now + 180 * DAY)).encode() + b"\n"
     routes = {
         "/log_list.json": ("application/json", good),
         "/old.json": ("application/json", old),
+        "/future.json": ("application/json", future),
         "/stale.json": ("application/json", stale),
         "/not-json": ("text/html", b"<html><body>moved</body></html>\n"),
         "/malformed.json": ("application/json", b'{"version": "1", "log_list_timestamp": '
@@ -327,6 +329,23 @@ def test_update_failure_keeps_old_list(stubborn_bin, universe, web, tmp_path, ca
     assert re.search(why, p.stderr, re.I), f"stderr does not say why ({why}):\n{p.stderr}"
     assert target.read_bytes() == before
     assert sorted(os.listdir(lists)) == ["log_list.json"]
+
+
+def test_a_list_dated_in_the_future_is_refused_and_holds_nothing_back(
+        stubborn_bin, universe, web, tmp_path):
+    # Installed, a list of next year would refuse every real list until
+    # then as older than itself.
+    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/future.json"), conf)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "in the future" in p.stderr, p.stderr
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    # One already in place (before this check) gives way to a real one.
+    universe.write_log_list(target, timestamp=universe.now + 180 * DAY)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/log_list.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert target.read_bytes() != before
 
 
 def test_update_refuses_a_list_older_than_the_installed_one(stubborn_bin, universe, web,
