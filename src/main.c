@@ -856,6 +856,11 @@ cmd_pin(int argc, char **argv)
 		}
 	}
 	if (optind != argc - 1) {
+		if (optind == argc)
+			fprintf(stderr, "stubborn: pin needs a URL\n");
+		else
+			fprintf(stderr, "stubborn: unexpected argument '%s'\n",
+			    argv[optind + 1]);
 		usage(stderr);
 		return EXIT_USAGE;
 	}
@@ -1136,8 +1141,12 @@ cmd_check_cert(int argc, char **argv)
 			goto done;
 		}
 	}
-	if (optind != argc || chain_path == NULL || host == NULL ||
-	    *host == '\0') {
+	if (optind != argc) {
+		fprintf(stderr, "stubborn: unexpected argument '%s'\n",
+		    argv[optind]);
+		goto done;
+	}
+	if (chain_path == NULL || host == NULL || *host == '\0') {
 		fprintf(stderr, "stubborn: check-cert needs --chain and "
 		    "--host\n");
 		goto done;

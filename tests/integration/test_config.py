@@ -223,11 +223,20 @@ def test_every_command_takes_help(stubborn_bin, command):
 
 
 @pytest.mark.parametrize("args", [["version", "--bogus"], ["version", "extra"],
-                                  ["help", "extra"], ["check-config", "--bogus"]])
+                                  ["help", "extra"], ["check-config", "--bogus"],
+                                  ["pin", "tls://dns.test", "extra"],
+                                  ["check-cert", "--chain", "c.pem", "--host", "dns.test",
+                                   "extra"]])
 def test_stray_arguments_are_usage_errors(stubborn_bin, args):
     p = _run([stubborn_bin] + args)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert args[1] in p.stderr and "invalid option -- '-'" not in p.stderr, p.stderr
+    assert args[-1] in p.stderr and "invalid option -- '-'" not in p.stderr, p.stderr
+
+
+def test_pin_without_a_url_says_so(stubborn_bin):
+    p = _run([stubborn_bin, "pin"])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "pin needs a URL" in p.stderr, p.stderr
 
 
 def _pins_printed(stdout):
