@@ -113,6 +113,8 @@ deliver(const struct client *c, const struct dnsmsg_info *info,
 	/* RFC 6840 5.8: AD only for a client that asked with AD or DO. */
 	if (!info->ad_bit && !info->do_bit)
 		dnsmsg_clear_ad(buf);
+	/* Recursion is what stubborn offers, whatever the upstream said. */
+	dnsmsg_set_ra(buf);
 	len = dnsmsg_client_opt(buf, len, sizeof(buf), info->edns);
 	listener_answer(c, buf, len, info->udp_size);
 }

@@ -173,6 +173,12 @@ dnsmsg_set_id(uint8_t *msg, uint16_t id)
 }
 
 static inline void
+dnsmsg_set_ra(uint8_t *msg)
+{
+	msg[3] |= 0x80;
+}
+
+static inline void
 dnsmsg_clear_ad(uint8_t *msg)
 {
 	msg[3] &= (uint8_t)~0x20;

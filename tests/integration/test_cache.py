@@ -524,7 +524,8 @@ def test_stale_answer_is_kept_only_serve_stale_seconds(upstream, stubborn):
 def test_ad_bit_follows_each_client_not_the_first(hostile, stubborn):
     """Upstream queries ask for the AD bit (RFC 6840 5.7), so one cached
     answer holds the upstream's verdict; each client then sees AD only if
-    it asked with AD or DO (RFC 6840 5.8), whoever filled the cache."""
+    it asked with AD or DO (RFC 6840 5.8), whoever filled the cache.  RA
+    is always set: recursion is what stubborn offers."""
     def make(query):
         # A validating upstream: AD when asked for it, as unbound does.
         r = dns.message.make_response(query)
@@ -543,6 +544,8 @@ def test_ad_bit_follows_each_client_not_the_first(hostile, stubborn):
         ask_ = dns.query.tcp if tcp else dns.query.udp
         r = ask_(q, "127.0.0.1", port=s.port, timeout=clients.CLIENT_TIMEOUT)
         assert r.rcode() == dns.rcode.NOERROR, clients.rcode_text(r)
+        # RA: stubborn recurses, though this upstream never says so.
+        assert r.flags & dns.flags.RA, r
         return bool(r.flags & dns.flags.AD)
 
     # The first asker without AD fills the cache; an AD asker still gets it.
