@@ -331,16 +331,25 @@ def test_update_failure_keeps_old_list(stubborn_bin, universe, web, tmp_path, ca
     assert sorted(os.listdir(lists)) == ["log_list.json"]
 
 
+def _refused_over_a_fresh_list(stubborn_bin, universe, web, tmp_path, path, why):
+    """Fetch `path` over a day-old list: refused (exit 1, `why` said), the
+    list in place untouched and no file left behind.  (target, its bytes,
+    conf)."""
+    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url(path), conf)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert why in p.stderr, p.stderr
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    return target, before, conf
+
+
 def test_a_list_dated_in_the_future_is_refused_and_holds_nothing_back(
         stubborn_bin, universe, web, tmp_path):
     # Installed, a list of next year would refuse every real list until
     # then as older than itself.
-    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
-    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/future.json"), conf)
-    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
-    assert "in the future" in p.stderr, p.stderr
-    assert target.read_bytes() == before
-    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    target, before, conf = _refused_over_a_fresh_list(
+        stubborn_bin, universe, web, tmp_path, "/future.json", "in the future")
     # One already in place (before this check) gives way to a real one.
     universe.write_log_list(target, timestamp=universe.now + 180 * DAY)
     p = _update(stubborn_bin, web, web["servers"]["ok"].url("/log_list.json"), conf)
@@ -352,12 +361,8 @@ def test_update_refuses_a_list_older_than_the_installed_one(stubborn_bin, univer
                                                             tmp_path):
     # A stale mirror, or a server replaying an old list, must not undo a
     # newer list: logs retired since would count again.
-    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
-    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/old.json"), conf)
-    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
-    assert "older than the one installed" in p.stderr, p.stderr
-    assert target.read_bytes() == before
-    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    target, before, conf = _refused_over_a_fresh_list(
+        stubborn_bin, universe, web, tmp_path, "/old.json", "older than the one installed")
     # The same older list is fine where nothing newer is in place.
     target.unlink()
     p = _update(stubborn_bin, web, web["servers"]["ok"].url("/old.json"), conf)
