@@ -13,6 +13,7 @@
 #define DNS_FLAG_RD	0x01	/* in byte 2 */
 #define DNS_FLAG_RA	0x80	/* in byte 3 */
 #define DNS_FLAG_AD	0x20	/* in byte 3 */
+#define DNS_FLAG_CD	0x10	/* in byte 3 */
 #define DNS_TYPE_OPT	41
 #define DNS_TYPE_IXFR	251
 #define DNS_TYPE_AXFR	252
@@ -116,14 +117,16 @@ dnsmsg_parse_query(const uint8_t *msg, size_t len, struct dnsmsg_info *info)
 	info->id = get16(msg);
 	info->ad_bit = (msg[3] & DNS_FLAG_AD) != 0;
 	/*
-	 * Another opcode, or other than one question, is refused; the rest
-	 * is still read for the client's OPT, which the answer must carry
-	 * (RFC 6891 6.1.1).  Unreadable, it is refused without.
+	 * Another opcode (NOTIMP), or other than one question (FORMERR), is
+	 * not forwarded; the rest is still read for the client's OPT, which
+	 * the answer must carry (RFC 6891 6.1.1).  Such questions may be
+	 * compressed as any name; unreadable, the answer goes without.
 	 */
 	notimp = ((msg[2] >> 3) & 0x0f) != 0;
 	qd = get16(msg + 4);
 	for (i = 0; i < qd; i++) {
-		end = plain_name_end(msg, len, off);
+		end = qd == 1 && !notimp ? plain_name_end(msg, len, off) :
+		    dnsmsg_skip_name(msg, len, off);
 		if (end < 0 || (size_t)end + 4 > len)
 			return notimp ? DNSMSG_NOTIMP : DNSMSG_FORMERR;
 		off = (size_t)end + 4;
@@ -272,12 +275,13 @@ dnsmsg_upstream_query(const uint8_t *query, const struct dnsmsg_info *info,
 
 	memcpy(out, query, n);
 	/*
-	 * Keep RD and CD, and ask for AD whatever the client did (RFC 6840
-	 * 5.7): the cached answer then holds the upstream's verdict, and
-	 * each client is told it only if it asked (resolver.c).  The
-	 * sections are the question and our OPT.
+	 * Of the client's flags only RD and CD go on, and AD is asked for
+	 * whatever the client did (RFC 6840 5.7): the cached answer then
+	 * holds the upstream's verdict, and each client is told it only if
+	 * it asked (resolver.c).  The sections are the question and our OPT.
 	 */
-	out[3] |= DNS_FLAG_AD;
+	out[2] &= DNS_FLAG_RD;
+	out[3] = (uint8_t)((out[3] & DNS_FLAG_CD) | DNS_FLAG_AD);
 	put16(out + 6, 0);
 	put16(out + 8, 0);
 	put16(out + 10, 1);

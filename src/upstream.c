@@ -641,8 +641,8 @@ upstream_txq_reply(struct conn *c, struct txq *q, uint8_t *msg, size_t len)
 	 * client's to ask and the upstream's to refuse: that REFUSED is the
 	 * answer, and says nothing of the upstream either.
 	 */
-	if (dnsmsg_rcode(msg) == DNS_RCODE_REFUSED && q->qend >= 2 &&
-	    q->msg[q->qend - 2] == 0 && q->msg[q->qend - 1] == DNS_CLASS_IN) {
+	if (dnsmsg_rcode(msg) == DNS_RCODE_REFUSED &&
+	    dnsmsg_qclass(q->msg, q->qend) == DNS_CLASS_IN) {
 		log_debug("upstream %s: REFUSED", c->up->conf->name);
 		upstream_note_failure(c->up, "REFUSED");
 		upstream_txq_failed(c, q, CONN_FAILED);

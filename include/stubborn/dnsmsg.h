@@ -19,8 +19,9 @@
 #define DNS_RCODE_NXDOMAIN	3
 #define DNS_RCODE_NOTIMP	4
 #define DNS_RCODE_REFUSED	5
-#define DNS_CLASS_IN		1
 #define DNS_RCODE_BADVERS	16	/* extended: its upper bits in the OPT */
+
+#define DNS_CLASS_IN		1
 
 enum dnsmsg_status {
 	DNSMSG_OK,		/* a query we can forward */
@@ -39,7 +40,7 @@ struct dnsmsg_info {
 	uint16_t	qclass;
 	size_t		qend;		/* offset just past the question, 0 if none */
 	uint16_t	udp_size;	/* largest UDP answer the client takes */
-	bool		edns;		/* an OPT record was present */
+	bool		edns;		/* a sound OPT record was present */
 	bool		do_bit;
 	bool		ad_bit;		/* the header's AD: it takes AD back */
 };
@@ -47,6 +48,12 @@ struct dnsmsg_info {
 /*
  * Check a client's query of len bytes and fill *info.  Only a single
  * question, uncompressed, and well-formed record sections are accepted.
+ * First reason wins: NOTIMP for another opcode than QUERY, FORMERR for
+ * other than one question or a malformed message, BADVERS, NOTIMP for
+ * class ANY or NONE, REFUSED for AXFR and IXFR.  Whatever the status,
+ * info->edns (with do_bit and udp_size) says the client's OPT was sound,
+ * so an error answer can carry one; info->qend is 0 unless the message
+ * is a QUERY with one question.
  */
 enum dnsmsg_status dnsmsg_parse_query(const uint8_t *msg, size_t len,
 	    struct dnsmsg_info *info);
@@ -61,9 +68,9 @@ long	dnsmsg_skip_name(const uint8_t *msg, size_t len, size_t off);
 /*
  * Write into out (outsz bytes) an answer with rcode to the query in
  * query/info, echoing its ID, RD bit and (when info->qend) its question.
- * To a query with EDNS, unless the answer is FORMERR, an OPT record of
- * ours follows (RFC 6891 6.1.1), with the rcode's upper bits and the DO
- * bit echoed.  Works for a query that only parsed as far as its header.
+ * When info->edns (a sound OPT; dnsmsg_parse_query clears it when the
+ * OPT was what broke), an OPT record of ours follows (RFC 6891 6.1.1),
+ * with the rcode's upper bits and the DO bit echoed.  Works for a query that only parsed as far as its header.
  * Returns the answer's length, 0 if out is too small.
  */
 /* The longest such answer: header, a 255-byte name's question, OPT. */
@@ -108,7 +115,8 @@ size_t	dnsmsg_truncate(uint8_t *msg, size_t len, size_t max);
 
 /*
  * The query to send upstream for the client's query (its question ending
- * at info->qend): the header's flags and question as they are, and one
+ * at info->qend): its ID and question, of its flags RD and CD, AD always
+ * (RFC 6840 5.7: the upstream then says what it validated), and one
  * OPT record of our own with the client's DO bit and a Padding option
  * (RFC 7830) that makes the length a multiple of DNSMSG_PAD_BLOCK.  The
  * client's other EDNS options, Client Subnet among them, stay behind.
@@ -172,12 +180,21 @@ dnsmsg_set_id(uint8_t *msg, uint16_t id)
 	msg[1] = (uint8_t)id;
 }
 
+/* The class of msg's question, which ends at qend. */
+static inline uint16_t
+dnsmsg_qclass(const uint8_t *msg, size_t qend)
+{
+	return (uint16_t)(msg[qend - 2] << 8 | msg[qend - 1]);
+}
+
+/* RA: recursion is available here (RFC 1035 4.1.1), whatever upstream. */
 static inline void
 dnsmsg_set_ra(uint8_t *msg)
 {
 	msg[3] |= 0x80;
 }
 
+/* AD off, for a client that did not ask for it (RFC 6840 5.8). */
 static inline void
 dnsmsg_clear_ad(uint8_t *msg)
 {

@@ -13,9 +13,12 @@ import time
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.query
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import pytest
 
 import clients
@@ -223,10 +226,16 @@ def test_refusals_keep_the_clients_opt(resolver, tcp):
         assert r.id == q.id
         assert r.rcode() == dns.rcode.NOTIMP, clients.rcode_text(r)
         assert r.edns == 0 and r.ednsflags & dns.flags.DO, (opcode, r.edns)
-    # No question, then two, each with an OPT: FORMERR with an OPT.
+    # No question, then two (the second compressed, as dnspython writes
+    # it), each with an OPT: FORMERR with an OPT.
     opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
     question = dns.message.make_query(servers.zone_name(4), "A").to_wire()[12:]
-    for qd, body in ((0, b""), (2, question * 2)):
+    two = dns.message.make_query(servers.zone_name(4), "A", id=0x5151)
+    two.find_rrset(two.question, dns.name.from_text("www." + servers.zone_name(4)),
+                   dns.rdataclass.IN, dns.rdatatype.A, create=True)
+    two_wire = two.to_wire()
+    assert b"\xc0" in two_wire[12:], "the second question is not compressed"
+    for qd, body in ((0, b""), (2, two_wire[12:])):
         wire = struct.pack("!HHHHHH", 0x5151, 0x0100, qd, 0, 0, 1) + body + opt
         if tcp:
             with socket.create_connection(("127.0.0.1", resolver.port), timeout=5) as c:

@@ -374,6 +374,25 @@ error_answers_keep_the_opt(void **state)
 	assert_true(info.edns);
 	assert_int_equal(info.qend, 0);
 
+	/* The second question compressed, as libraries write it: the same. */
+	memcpy(m, query_opt, qend);
+	m[qend] = 0xc0;
+	m[qend + 1] = DNSMSG_HDR_LEN;
+	memcpy(m + qend + 2, query_opt + qend - 4, 4);
+	memcpy(m + qend + 6, query_opt + qend, 11);
+	m[5] = 2;
+	assert_int_equal(dnsmsg_parse_query(m, qend + 6 + 11, &info),
+	    DNSMSG_FORMERR);
+	assert_true(info.edns);
+
+	/* NOTIFY whose OPT is broken: NOTIMP, and the answer goes without. */
+	memcpy(m, query_opt, sizeof(query_opt));
+	m[2] = 4 << 3;
+	m[qend + 10] = 5;	/* the OPT's RDLENGTH, past the end */
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
+	    DNSMSG_NOTIMP);
+	assert_false(info.edns);
+
 	/* Two OPTs: FORMERR, and the answer goes without. */
 	memcpy(m, query_opt, sizeof(query_opt));
 	memcpy(m + sizeof(query_opt), query_opt + qend, 11);
@@ -403,6 +422,36 @@ error_answers_keep_the_opt(void **state)
 	m[qend - 3] = 250;
 	assert_int_equal(dnsmsg_parse_query(m, sizeof(query_opt), &info),
 	    DNSMSG_OK);
+}
+
+/*
+ * The client's AD is noted; upstream, only RD and CD of its flags go on,
+ * and AD is always asked for (RFC 6840 5.7).
+ */
+static void
+upstream_query_flags(void **state)
+{
+	uint8_t m[sizeof(query_opt)], up[DNSMSG_UPSTREAM_MAX];
+	struct dnsmsg_info info;
+
+	(void)state;
+	memcpy(m, query_opt, sizeof(m));
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info), DNSMSG_OK);
+	assert_false(info.ad_bit);
+	m[2] = 0x01 | 0x02 | 0x04;	/* RD, and TC and AA, which are not */
+	m[3] = 0x80 | 0x40 | 0x20 | 0x10 | 0x05;	/* RA Z AD CD, rcode */
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info), DNSMSG_OK);
+	assert_true(info.ad_bit);
+	dnsmsg_upstream_query(m, &info, up);
+	assert_int_equal(up[2], 0x01);
+	assert_int_equal(up[3], 0x20 | 0x10);
+	m[2] = 0;
+	m[3] = 0;
+	assert_int_equal(dnsmsg_parse_query(m, sizeof(m), &info), DNSMSG_OK);
+	dnsmsg_upstream_query(m, &info, up);
+	assert_int_equal(up[2], 0);
+	assert_int_equal(up[3], 0x20);
+	assert_int_equal(dnsmsg_get_id(up), 0xabcd);
 }
 
 static void
@@ -716,6 +765,7 @@ main(void)
 		cmocka_unit_test(parse_rejects),
 		cmocka_unit_test(error_reply),
 		cmocka_unit_test(error_answers_keep_the_opt),
+		cmocka_unit_test(upstream_query_flags),
 		cmocka_unit_test(reply_matching),
 		cmocka_unit_test(truncation),
 		cmocka_unit_test(client_opt),
