@@ -398,6 +398,10 @@ config_cidr_match(const struct cidr *c, const struct sockaddr *a)
 	return true;
 }
 
+/* The one error a caller words its own way (p_ct_log_list_url). */
+static const char url_ip_literal[] = "URL needs a hostname, not an IP "
+    "address (put the address in 'address =')";
+
 /* A DNS hostname: LDH labels of 1..63, at most 253, not an IP literal. */
 static const char *
 check_hostname(const char *h)
@@ -433,8 +437,7 @@ check_hostname(const char *h)
 	if (label == 0)
 		return "hostname has an empty label";	/* "a.b.." */
 	if (!alpha)
-		return "URL needs a hostname, not an IP address "
-		    "(put the address in 'address =')";
+		return url_ip_literal;
 	return NULL;
 }
 
@@ -456,8 +459,7 @@ config_parse_url(const char *url, struct upstream_conf *uc)
 	} else
 		return "URL must start with tls:// (DoT) or https:// (DoH)";
 	if (*p == '[')
-		return "URL needs a hostname, not an IP address "
-		    "(put the address in 'address =')";
+		return url_ip_literal;
 	hend = p + strcspn(p, ":/?#@");
 	if (*hend == '@')
 		return "URL must not carry user information";
@@ -494,6 +496,7 @@ config_parse_url(const char *url, struct upstream_conf *uc)
 	} else {
 		if (*p == '?' || *p == '#')
 			return "an https:// URL takes no query or fragment";
+		uc->path_default = *p == '\0';
 		uc->path = xstrdup(*p == '\0' ? "/dns-query" : p);
 		if (strpbrk(uc->path, "?#") != NULL)
 			return "an https:// URL takes no query or fragment";
@@ -832,7 +835,7 @@ p_ct_log_list_url(struct parse_ctx *ctx, const char *v)
 		err = config_parse_url(v, &uc);
 		free(uc.host);
 		free(uc.path);
-		if (err != NULL && strstr(err, "not an IP address") != NULL)
+		if (err == url_ip_literal)
 			return "ct-log-list-url needs a hostname, not an IP "
 			    "address";
 		if (err != NULL)

@@ -726,7 +726,8 @@ tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
 	*body = NULL;
 	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n"
 	    "User-Agent: stubborn/%s\r\nAccept: application/json\r\n"
-	    "Connection: close\r\n\r\n", tc->uc.path ? tc->uc.path : "/",
+	    "Connection: close\r\n\r\n", tc->uc.path && !tc->uc.path_default ?
+	    tc->uc.path : "/",
 	    tc->uc.host, PACKAGE_VERSION);
 	if (SSL_write(tc->ssl, req, (int)strlen(req)) <= 0) {
 		snprintf(err, errsz, "cannot send the request");

@@ -59,6 +59,7 @@ struct upstream_conf {
 	char			*host;		/* verified name, SNI */
 	uint16_t		 port;
 	char			*path;		/* DoH only */
+	bool			 path_default;	/* /dns-query, for none in the url */
 	struct addr		*addrs;		/* bootstrap; port filled in */
 	size_t			 naddrs;
 	struct pin		*pins;

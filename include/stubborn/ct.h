@@ -74,7 +74,10 @@ struct ct_loglist *ct_loglist_load(const char *path, FILE *errs);
  * parses, replace path with it atomically (a temporary file in the same
  * directory, fsync, rename).  A dated list older than installed_ms (the
  * list in place; 0 for none) or than max_age_sec is refused: a rollback,
- * or a list that would be report-only the moment it landed.  What was
+ * or a list that would be report-only the moment it landed.  So is one
+ * dated more than a day ahead of the clock, which would refuse every
+ * real list until then; a list in place dated so far ahead holds none
+ * back (and errs says it was replaced).  What was
  * installed goes to out, problems to errs.  Returns 0, or -1 with path
  * untouched.
  */

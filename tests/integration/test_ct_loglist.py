@@ -156,8 +156,12 @@ def web(tmp_path_factory, universe, ipv6):
     old = json.dumps(universe.log_list(timestamp=universe.now - 5 * DAY)).encode() + b"\n"
     stale = json.dumps(universe.log_list(timestamp=universe.now - 400 * DAY)).encode() + b"\n"
     future = json.dumps(universe.log_list(timestamp=universe.now + 180 * DAY)).encode() + b"\n"
+    # Inside the day of clock skew allowed.
+    soon = json.dumps(universe.log_list(timestamp=universe.now + 12 * 3600)).encode() + b"\n"
     routes = {
+        "/": ("application/json", good),
         "/log_list.json": ("application/json", good),
+        "/soon.json": ("application/json", soon),
         "/old.json": ("application/json", old),
         "/future.json": ("application/json", future),
         "/stale.json": ("application/json", stale),
@@ -350,11 +354,25 @@ def test_a_list_dated_in_the_future_is_refused_and_holds_nothing_back(
     # then as older than itself.
     target, before, conf = _refused_over_a_fresh_list(
         stubborn_bin, universe, web, tmp_path, "/future.json", "in the future")
-    # One already in place (before this check) gives way to a real one.
+    # One already in place (before this check) gives way to a real one,
+    # and says so.
     universe.write_log_list(target, timestamp=universe.now + 180 * DAY)
     p = _update(stubborn_bin, web, web["servers"]["ok"].url("/log_list.json"), conf)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
-    assert target.read_bytes() != before
+    assert target.read_bytes() == web["good"]
+    assert "in the future: replaced" in p.stderr, p.stderr
+    # Twelve hours ahead is clock skew, not the future.
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url("/soon.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert target.read_bytes() != web["good"]
+
+
+def test_a_list_url_without_a_path_asks_for_slash(stubborn_bin, universe, web, tmp_path):
+    # Not DoH's /dns-query: the conf check reads the URL with the same parser.
+    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
+    p = _update(stubborn_bin, web, web["servers"]["ok"].url(""), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert target.read_bytes() == web["good"]
 
 
 def test_update_refuses_a_list_older_than_the_installed_one(stubborn_bin, universe, web,
