@@ -630,6 +630,12 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 		snprintf(err, errsz, "%s: %s", url, why);
 		return -2;
 	}
+	/* Before any lookup: a bad CA file is bad input, as in the conf. */
+	if ((tc->ctx = tls_ctx_new(ca_file)) == NULL) {
+		snprintf(err, errsz, ca_file ? "cannot load the CA file '%s'" :
+		    "cannot load the system trust store", ca_file);
+		return ca_file ? -2 : -1;
+	}
 	if (address != NULL) {
 		if (config_parse_addr(address, tc->uc.port, &a) != 0) {
 			snprintf(err, errsz, "bad address '%s'", address);
@@ -642,12 +648,6 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 	tc->gate.ct_list = list;
 	tc->gate.ct_policy = policy;
 	tc->gate.ct_report = true;
-	if ((tc->ctx = tls_ctx_new(ca_file)) == NULL) {
-		/* A CA file named but unusable is bad input, as in the conf. */
-		snprintf(err, errsz, ca_file ? "cannot load the CA file '%s'" :
-		    "cannot load the system trust store", ca_file);
-		return ca_file ? -2 : -1;
-	}
 	if ((tc->ssl = tls_ssl_new(tc->ctx, &tc->uc, &tc->gate)) == NULL) {
 		snprintf(err, errsz, "cannot set up TLS");
 		return -1;

@@ -119,7 +119,7 @@ struct tls_client {
  * address from the system resolver), trusting ca_file (NULL: the system
  * store), and run the handshake with the gate; with list set the CT step
  * runs in report mode (the caller reads gate.ct).  Returns 0; -1 when the
- * connection or the gate failed; -2 for a bad url or address.  err
+ * connection or the gate failed; -2 for a bad url, address or CA file.  err
  * (errsz bytes) says why.  Call tls_client_close in every case.
  */
 int	tls_client_open(struct tls_client *tc, const char *url,

@@ -261,11 +261,13 @@ def test_pin_command_with_an_unusable_ca_file_is_an_input_error(stubborn_bin, tm
     notpem = tmp_path / "notpem.txt"
     notpem.write_text("not a certificate\n")
     for ca in (tmp_path / "absent.pem", notpem):
-        # Nothing listens there: the CA file is refused before any connect.
-        p = _run([stubborn_bin, "pin", f"tls://{pki.HOSTNAME}:853", "--address",
-                  "127.0.0.1:1", "--ca-file", str(ca)])
-        assert p.returncode == 2, (ca, p.returncode, p.stdout, p.stderr)
-        assert f"cannot load the CA file '{ca}'" in p.stderr, p.stderr
+        # Nothing listens there, and without --address nothing is looked
+        # up: the CA file is refused first.
+        for where in (["--address", "127.0.0.1:1"], []):
+            p = _run([stubborn_bin, "pin", f"tls://{pki.HOSTNAME}:853", "--ca-file",
+                      str(ca)] + where)
+            assert p.returncode == 2, (ca, where, p.returncode, p.stdout, p.stderr)
+            assert f"cannot load the CA file '{ca}'" in p.stderr, p.stderr
 
 
 def test_pin_command_says_when_the_server_never_answers(stubborn_bin, tmp_path):
