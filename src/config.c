@@ -660,6 +660,7 @@ p_allow(struct parse_ctx *ctx, const char *v)
 static const char *
 p_user(struct parse_ctx *ctx, const char *v)
 {
+	ctx->cfg->user_line = ctx->line;
 	return parse_string(v, &ctx->cfg->user);
 }
 

@@ -2,11 +2,11 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <pwd.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <stdio.h>
@@ -142,12 +142,12 @@ user_exists(const struct config *cfg)
 	errno = 0;
 	if (cfg->user == NULL || getpwnam(cfg->user) != NULL)
 		return true;
-	if (errno != 0)
-		fprintf(stderr, "%s: user %s: %s\n", path, cfg->user,
-		    strerror(errno));
+	if (sandbox_lookup_failed(errno))
+		fprintf(stderr, "%s:%d: user %s: %s\n", path, cfg->user_line,
+		    cfg->user, strerror(errno));
 	else
-		fprintf(stderr, "%s: user %s does not exist\n", path,
-		    cfg->user);
+		fprintf(stderr, "%s:%d: user %s does not exist\n", path,
+		    cfg->user_line, cfg->user);
 	return false;
 }
 

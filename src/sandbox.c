@@ -38,6 +38,13 @@ sandbox_drop_privileges(const char *user, const char *dir)
 	return drop(user, dir, "running");
 }
 
+bool
+sandbox_lookup_failed(int e)
+{
+	/* getpwnam(3): these, like 0, may only mean "no such name". */
+	return e != 0 && e != ENOENT && e != ESRCH && e != EBADF && e != EPERM;
+}
+
 /* who: what the log line says is now running as user. */
 static int
 drop(const char *user, const char *dir, const char *who)
@@ -47,7 +54,7 @@ drop(const char *user, const char *dir, const char *who)
 	/* Looked up first: the chroot need not hold a passwd file. */
 	errno = 0;
 	if (user != NULL && (pw = getpwnam(user)) == NULL) {
-		if (errno)
+		if (sandbox_lookup_failed(errno))
 			log_warn("user %s", user);
 		else
 			log_warnx("no such user: %s", user);

@@ -87,6 +87,7 @@ struct config {
 	struct cidr		*allow;
 	size_t			 nallow;
 	char			*user;
+	int			 user_line;	/* where it was set */
 	char			*chroot;	/* NULL: none */
 	bool			 seccomp;
 	int			 log_level;	/* LOG_ERR .. LOG_DEBUG */

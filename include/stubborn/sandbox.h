@@ -21,6 +21,12 @@
 int	sandbox_drop_privileges(const char *user, const char *dir);
 
 /*
+ * Whether getpwnam's errno (after a NULL) says the lookup failed, rather
+ * than that the name does not exist (0, or what NSS modules set for it).
+ */
+bool	sandbox_lookup_failed(int e);
+
+/*
  * Start the launcher: a child that stays outside the chroot and the
  * seccomp filter and runs as user (NULL: the current one).  From now on
  * incident hooks go through it: it runs the on-incident command of the

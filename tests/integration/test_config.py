@@ -312,7 +312,7 @@ def test_a_user_that_does_not_exist_is_an_input_error(stubborn_bin, tmp_path, co
     cmd = [stubborn_bin, command, "-c", str(conf)] + (["-f"] if command == "run" else [])
     p = _run(cmd)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert p.stderr.count(f"{conf}: user no-such-user-here does not exist") == 1, p.stderr
+    assert p.stderr.count(f"{conf}:3: user no-such-user-here does not exist") == 1, p.stderr
 
 
 def test_empty_state_dir_is_said_at_start(upstream, stubborn):
