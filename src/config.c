@@ -1037,8 +1037,8 @@ start_section(struct parse_ctx *ctx, const char *name)
 }
 
 /*
- * inih's reader: fgets that also counts lines (the shared library is
- * built without line numbers for handlers) and sees every section header,
+ * inih's reader: a line at a time, counted (the shared library is built
+ * without line numbers for handlers), and every section header seen,
  * even one without keys.
  */
 static char *
@@ -1265,39 +1265,42 @@ validate(struct parse_ctx *ctx)
 	}
 }
 
-/* No errno says "not a regular file": this one stands for it here. */
-#define EFTYPE_CONF	(-1)
-
 /*
  * The conf file, opened only if it is a regular file: a FIFO would block
  * the open and /dev/zero the read for ever, a directory read as empty.
+ * NULL with *why when it is not, and *absent when there is no such file.
  */
 static FILE *
-open_regular(const char *path)
+open_regular(const char *path, const char **why, bool *absent)
 {
 	struct stat st;
 	FILE *fp;
-	int fd, e = 0;
+	int fd;
 
+	*absent = false;
 	if ((fd = open(sandbox_path(path), O_RDONLY | O_NONBLOCK |
-	    O_CLOEXEC)) == -1)
-		return NULL;
-	if (fstat(fd, &st) == -1)
-		e = errno;
-	else if (S_ISDIR(st.st_mode))
-		e = EISDIR;
-	else if (!S_ISREG(st.st_mode))
-		e = EFTYPE_CONF;
-	if (e != 0) {
-		close(fd);
-		errno = e;
-		return NULL;
+	    O_CLOEXEC)) == -1 || fstat(fd, &st) == -1) {
+		*absent = errno == ENOENT;
+		*why = strerror(errno);
+		goto fail;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		*why = strerror(EISDIR);
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		*why = "not a regular file";
+		goto fail;
 	}
 	if ((fp = fdopen(fd, "r")) == NULL) {
-		close(fd);
-		return NULL;
+		*why = strerror(errno);
+		goto fail;
 	}
 	return fp;
+fail:
+	if (fd != -1)
+		close(fd);
+	return NULL;
 }
 
 struct config *
@@ -1305,6 +1308,8 @@ config_load(const char *path, bool must_exist, FILE *errs)
 {
 	struct parse_ctx ctx;
 	struct config *cfg;
+	const char *why;
+	bool absent;
 	int rc;
 
 	(void)base_dir();	/* now, before any chdir */
@@ -1316,10 +1321,9 @@ config_load(const char *path, bool must_exist, FILE *errs)
 	ctx.errs = errs;
 	ctx.path = path ? path : "(built-in)";
 	defaults(&ctx);
-	if (path != NULL && (ctx.fp = open_regular(path)) == NULL &&
-	    (errno != ENOENT || must_exist)) {
-		fprintf(errs, "%s: %s\n", path, errno == EFTYPE_CONF ?
-		    "not a regular file" : strerror(errno));
+	if (path != NULL && (ctx.fp = open_regular(path, &why, &absent)) ==
+	    NULL && (!absent || must_exist)) {
+		fprintf(errs, "%s: %s\n", path, why);
 		config_free(cfg);
 		return NULL;
 	}

@@ -67,7 +67,7 @@ const char *const ct_policy_str[] = {
 
 /* n decimal digits at *p, advancing it; -1 if there are fewer. */
 static int
-digits(const char **p, int n)
+take_digits(const char **p, int n)
 {
 	int v = 0;
 
@@ -79,9 +79,9 @@ digits(const char **p, int n)
 	return v;
 }
 
-/* The separator sep at *p (either case), advancing it. */
+/* The character c at *p (either case), advancing past it. */
 static bool
-sep(const char **p, char c)
+take_char(const char **p, char c)
 {
 	if (toupper((unsigned char)**p) != c)
 		return false;
@@ -105,12 +105,12 @@ ct_parse_rfc3339(const char *s, int64_t *ms)
 	int y, mo, d, h, mi, sec, oh, om, leap;
 	time_t t;
 
-	if ((y = digits(&p, 4)) < 0 || !sep(&p, '-') ||
-	    (mo = digits(&p, 2)) < 1 || mo > 12 || !sep(&p, '-') ||
-	    (d = digits(&p, 2)) < 1 || !sep(&p, 'T') ||
-	    (h = digits(&p, 2)) < 0 || h > 23 || !sep(&p, ':') ||
-	    (mi = digits(&p, 2)) < 0 || mi > 59 || !sep(&p, ':') ||
-	    (sec = digits(&p, 2)) < 0 || sec > 60)
+	if ((y = take_digits(&p, 4)) < 0 || !take_char(&p, '-') ||
+	    (mo = take_digits(&p, 2)) < 1 || mo > 12 || !take_char(&p, '-') ||
+	    (d = take_digits(&p, 2)) < 1 || !take_char(&p, 'T') ||
+	    (h = take_digits(&p, 2)) < 0 || h > 23 || !take_char(&p, ':') ||
+	    (mi = take_digits(&p, 2)) < 0 || mi > 59 || !take_char(&p, ':') ||
+	    (sec = take_digits(&p, 2)) < 0 || sec > 60)
 		return -1;
 	leap = mo == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
 	if (d > mdays[mo - 1] + leap)
@@ -123,13 +123,13 @@ ct_parse_rfc3339(const char *s, int64_t *ms)
 			scale /= 10;
 		}
 	}
-	if (sep(&p, 'Z'))
+	if (take_char(&p, 'Z'))
 		;
 	else if (*p == '+' || *p == '-') {
 		int sign = *p++ == '+' ? 1 : -1;
 
-		if ((oh = digits(&p, 2)) < 0 || oh > 23 || !sep(&p, ':') ||
-		    (om = digits(&p, 2)) < 0 || om > 59)
+		if ((oh = take_digits(&p, 2)) < 0 || oh > 23 || !take_char(&p, ':') ||
+		    (om = take_digits(&p, 2)) < 0 || om > 59)
 			return -1;
 		off = (int64_t)(oh * 3600 + om * 60) * sign;
 	} else

@@ -161,10 +161,8 @@ store_loads(const struct config *cfg, const char *ca, int line)
 		SSL_CTX_free(ctx);
 		return true;
 	}
-	if (ca == NULL)
-		fprintf(stderr, "stubborn: cannot load the system trust "
-		    "store\n");
-	else
+	/* tls_ctx_new said why; the system store needs no line. */
+	if (ca != NULL)
 		fprintf(stderr, "%s:%d: ca-file %s: no certificate loads "
 		    "from it\n", cfg->path ? cfg->path : "(built-in)", line, ca);
 	return false;
@@ -188,7 +186,8 @@ trust_stores_load(const struct config *cfg)
 		else
 			shared = true;
 	}
-	if (shared)
+	/* [trust] ca-file even when every upstream has its own: pin uses it. */
+	if (shared || cfg->ca_file != NULL)
 		ok &= store_loads(cfg, cfg->ca_file, cfg->ca_file_line);
 	return ok;
 }
@@ -1144,6 +1143,7 @@ cmd_check_cert(int argc, char **argv)
 	if (optind != argc) {
 		fprintf(stderr, "stubborn: unexpected argument '%s'\n",
 		    argv[optind]);
+		usage(stderr);
 		goto done;
 	}
 	if (chain_path == NULL || host == NULL || *host == '\0') {
@@ -1312,6 +1312,12 @@ main(int argc, char **argv)
 		return cmd_ct_watchlist(argc - 1, argv + 1);
 	if (strcmp(cmd, "ct-hook") == 0)
 		return cmd_ct_hook(argc - 1, argv + 1);
+	if ((strcmp(cmd, "version") == 0 || strcmp(cmd, "help") == 0) &&
+	    argc == 3 && (strcmp(argv[2], "--help") == 0 ||
+	    strcmp(argv[2], "-h") == 0)) {
+		usage(stdout);
+		return 0;
+	}
 	if ((strcmp(cmd, "version") == 0 || strcmp(cmd, "help") == 0) &&
 	    argc > 2) {
 		fprintf(stderr, "stubborn: unexpected argument '%s'\n",

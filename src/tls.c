@@ -614,6 +614,23 @@ resolve_first(const char *host, uint16_t port, struct addr *a, char *err,
 	return 0;
 }
 
+/*
+ * Why a blocking handshake failed with nothing on OpenSSL's error queue,
+ * from SSL_get_error's verdict and errno: the socket's receive timeout
+ * ends a silent server.
+ */
+static const char *
+handshake_failure_str(int serr, int sys)
+{
+	if (serr == SSL_ERROR_WANT_READ || serr == SSL_ERROR_WANT_WRITE ||
+	    (serr == SSL_ERROR_SYSCALL && (sys == EAGAIN ||
+	    sys == EWOULDBLOCK)))
+		return "no answer in time";
+	if (serr == SSL_ERROR_SYSCALL && sys != 0)
+		return strerror(sys);
+	return "connection closed";
+}
+
 int
 tls_client_open(struct tls_client *tc, const char *url, const char *address,
     const char *ca_file, const struct ct_loglist *list, enum ct_policy policy,
@@ -669,16 +686,10 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 		else {
 			unsigned long e = ERR_peek_last_error();
 
-			/* The socket's receive timeout ends a silent server. */
 			snprintf(err, errsz, "%s at %s: TLS handshake failed: "
 			    "%s", tc->uc.host, tc->addrstr, e ?
 			    ERR_reason_error_string(e) :
-			    serr == SSL_ERROR_WANT_READ ||
-			    serr == SSL_ERROR_WANT_WRITE ||
-			    (serr == SSL_ERROR_SYSCALL && (sys == EAGAIN ||
-			    sys == EWOULDBLOCK)) ? "no answer in time" :
-			    serr == SSL_ERROR_SYSCALL && sys != 0 ?
-			    strerror(sys) : "connection closed");
+			    handshake_failure_str(serr, sys));
 		}
 		ERR_clear_error();
 		return -1;

@@ -561,3 +561,31 @@ def test_ad_bit_follows_each_client_not_the_first(hostile, stubborn):
     assert names.count("one.ad.test.") == 2 and names.count("two.ad.test.") == 1, names
     for wire in h.raw_queries():
         assert dns.message.from_wire(wire).flags & dns.flags.AD, "asked without AD"
+
+
+def test_ad_bit_for_clients_waiting_on_one_upstream_answer(hostile, stubborn):
+    """Coalesced askers share one upstream answer; each sees AD as it
+    asked for it."""
+    def make(query):
+        r = dns.message.make_response(query)
+        q = query.question[0]
+        r.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", "192.0.2.54"))
+        if query.flags & dns.flags.AD:
+            r.flags |= dns.flags.AD
+        return r.to_wire()
+
+    h = hostile(slow.Delayed(COALESCE_DELAY, make))
+    s = stubborn([h.spec()])
+    n = 8
+
+    def one(i):
+        q = slow.query("waiting.ad.test", "A", qid=2000 + i)
+        q.flags = (q.flags | dns.flags.AD) if i % 2 else (q.flags & ~dns.flags.AD)
+        raw, r = slow.exchange(s.port, q, tcp=i % 4 >= 2)
+        return q, raw, r
+
+    for q, raw, r in _concurrently(n, one):
+        _noerror(r)
+        assert bool(r.flags & dns.flags.AD) == bool(q.flags & dns.flags.AD), (q.id, r)
+    slow.settle(lambda: len(h.queries()))
+    assert len(h.queries()) == 1, h.queries()

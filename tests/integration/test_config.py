@@ -157,6 +157,15 @@ def test_directory_as_conf_file_is_an_input_error(stubborn_bin, tmp_path, comman
     assert f"{tmp_path}: Is a directory" in p.stderr, p.stderr
 
 
+def test_nul_byte_is_named(stubborn_bin, tmp_path):
+    conf = tmp_path / "nul.conf"
+    conf.write_bytes(b"[server]\nlisten = 127.0.0.1:5353\n\0allow = 192.0.2.0/24\n"
+                     b"[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n")
+    p = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"{conf}:3: a NUL byte in the line" in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "dev-null"])
 def test_conf_that_is_not_a_regular_file_is_an_input_error(stubborn_bin, tmp_path, kind):
     # A FIFO would block the open, /dev/zero the read, for ever; /dev/null
@@ -195,14 +204,22 @@ def test_check_config_loads_the_trust_stores_as_run_does(stubborn_bin, tmp_path)
     # check-config must not say the conf is good.
     empty = tmp_path / "empty.pem"
     empty.write_text("")
+    other = tmp_path / "other.pem"
+    other.write_text("not a certificate\n")
     conf = tmp_path / "ca.conf"
+    # Two upstreams share [trust]'s, a third names its own.
     conf.write_text(f"[trust]\nca-file = {empty}\nct = off\n"
-                    "[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n")
+                    "[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n"
+                    "[upstream b]\nurl = tls://dns.test\naddress = 127.0.0.3\n"
+                    "[upstream c]\nurl = tls://dns.test\naddress = 127.0.0.4\n"
+                    f"ca-file = {other}\n")
     for cmd in (["check-config"], ["run", "-f"]):
         p = _run([stubborn_bin] + cmd + ["-c", str(conf)])
         assert p.returncode == 2, (cmd, p.returncode, p.stdout, p.stderr)
-        # Blamed on the line that named it, once.
+        # Each blamed on the line that named it, once.
         assert p.stderr.count(f"{conf}:2: ca-file {empty}: no certificate loads "
+                              "from it") == 1, (cmd, p.stderr)
+        assert p.stderr.count(f"{conf}:13: ca-file {other}: no certificate loads "
                               "from it") == 1, (cmd, p.stderr)
 
 
@@ -215,7 +232,7 @@ def test_help_and_version_as_options(stubborn_bin, flag, word):
 
 
 @pytest.mark.parametrize("command", ["run", "check-config", "check-cert", "pin",
-                                     "update-log-list"])
+                                     "update-log-list", "version", "help"])
 def test_every_command_takes_help(stubborn_bin, command):
     p = _run([stubborn_bin, command, "--help"])
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)

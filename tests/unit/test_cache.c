@@ -178,6 +178,20 @@ max_ttl_clamps(void **state)
 	assert_int_equal(cache_lookup(c, &k, T0 + 60000, false, out,
 	    sizeof(out)), 0);
 	cache_free(c);
+
+	/* With serve-stale, the stale window starts at the new max-ttl. */
+	c = cache_new(10, 86400, 0);
+	assert_true(cache_store(c, &k, a, al, T0));
+	cache_set_limits(c, 60, 30);
+	assert_int_equal(cache_lookup(c, &k, T0 + 70000, false, out,
+	    sizeof(out)), 0);
+	assert_int_equal(cache_lookup(c, &k, T0 + 70000, true, out,
+	    sizeof(out)), al);
+	assert_int_equal(ttl_at(out, ql), CACHE_STALE_TTL);
+	assert_int_equal(cache_lookup(c, &k, T0 + 91000, true, out,
+	    sizeof(out)), 0);
+	assert_int_equal(cache_count(c), 0);
+	cache_free(c);
 }
 
 static void

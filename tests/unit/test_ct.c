@@ -238,6 +238,7 @@ rfc3339(void **state)
 	assert_int_equal(ct_parse_rfc3339("2025-08-21t12:40:00z", &ms), 0);
 	assert_int_equal(ms, REALWORLD_AT);
 	assert_int_equal(ct_parse_rfc3339("2016-12-31T23:59:60Z", &ms), 0);
+	assert_int_equal(ms, 1483228800000LL);	/* 2017-01-01T00:00:00Z */
 	assert_int_equal(ct_parse_rfc3339("2024-02-29T00:00:00Z", &ms), 0);
 	assert_int_equal(ct_parse_rfc3339("2000-02-29T00:00:00Z", &ms), 0);
 	/* Out of range, never normalised into another date. */
