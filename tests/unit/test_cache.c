@@ -151,6 +151,18 @@ ttl_counts_down(void **state)
 	cache_free(c);
 }
 
+/* A cache holding answer a under k since T0, then reloaded with limits. */
+static struct cache *
+stored_then_limited(const struct cache_key *k, const uint8_t *a, size_t al,
+    uint32_t max_ttl, uint32_t serve_stale)
+{
+	struct cache *c = cache_new(10, 86400, 0);
+
+	assert_true(cache_store(c, k, a, al, T0));
+	cache_set_limits(c, max_ttl, serve_stale);
+	return c;
+}
+
 static void
 max_ttl_clamps(void **state)
 {
@@ -169,9 +181,7 @@ max_ttl_clamps(void **state)
 	cache_free(c);
 
 	/* A lower max-ttl (a reload) holds for what is cached already. */
-	c = cache_new(10, 86400, 0);
-	assert_true(cache_store(c, &k, a, al, T0));
-	cache_set_limits(c, 60, 0);
+	c = stored_then_limited(&k, a, al, 60, 0);
 	assert_int_equal(cache_lookup(c, &k, T0 + 1000, false, out,
 	    sizeof(out)), al);
 	assert_int_equal(ttl_at(out, ql), 59);
@@ -180,9 +190,7 @@ max_ttl_clamps(void **state)
 	cache_free(c);
 
 	/* With serve-stale, the stale window starts at the new max-ttl. */
-	c = cache_new(10, 86400, 0);
-	assert_true(cache_store(c, &k, a, al, T0));
-	cache_set_limits(c, 60, 30);
+	c = stored_then_limited(&k, a, al, 60, 30);
 	assert_int_equal(cache_lookup(c, &k, T0 + 70000, false, out,
 	    sizeof(out)), 0);
 	assert_int_equal(cache_lookup(c, &k, T0 + 70000, true, out,
