@@ -509,7 +509,7 @@ listener_new(struct event_base *base, const struct config *cfg,
 	size_t i;
 
 	if (l == NULL) {
-		log_warn("%s", __func__);
+		log_err("%s", __func__);
 		return NULL;
 	}
 	l->base = base;
@@ -518,7 +518,7 @@ listener_new(struct event_base *base, const struct config *cfg,
 	TAILQ_INIT(&l->clients);
 	if ((outq.flush_ev = event_new(base, -1, 0, udp_flush_cb, NULL)) ==
 	    NULL) {
-		log_warnx("%s: event_new failed", __func__);
+		log_errx("%s: event_new failed", __func__);
 		free(l);
 		return NULL;
 	}
@@ -535,12 +535,12 @@ listener_new(struct event_base *base, const struct config *cfg,
 			log_warn("not listening on %s", buf);
 			continue;
 		}
-		log_warn("cannot listen on %s", buf);
+		log_err("cannot listen on %s", buf);
 		listener_free(l);
 		return NULL;
 	}
 	if (l->nudp == 0) {
-		log_warnx("no address to listen on");
+		log_errx("no address to listen on");
 		listener_free(l);
 		return NULL;
 	}

@@ -647,7 +647,7 @@ sandbox(const struct config *cfg, const struct run_opts *o,
 		log_warnx("seccomp = yes, but this build has no seccomp "
 		    "support");
 	else if (rc == -1)
-		log_warnx("not starting without the seccomp filter that "
+		log_errx("not starting without the seccomp filter that "
 		    "seccomp = yes asks for (seccomp = no runs without it)");
 	return rc == -1 ? -1 : 0;
 }

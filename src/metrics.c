@@ -214,7 +214,7 @@ metrics_start(struct event_base *base, const struct addr *a,
 	log_info("metrics on http://%s/metrics and /healthz", buf);
 	return ms;
 fail:
-	log_warn("cannot serve metrics on %s", buf);
+	log_err("cannot serve metrics on %s", buf);
 	if (fd != -1)
 		close(fd);
 	if (ms != NULL && ms->http != NULL)

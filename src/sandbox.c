@@ -55,9 +55,9 @@ drop(const char *user, const char *dir, const char *who)
 	errno = 0;
 	if (user != NULL && (pw = getpwnam(user)) == NULL) {
 		if (sandbox_lookup_failed(errno))
-			log_warn("user %s", user);
+			log_err("user %s", user);
 		else
-			log_warnx("no such user: %s", user);
+			log_errx("no such user: %s", user);
 		return -1;
 	}
 	if (dir != NULL && sandbox_chroot(dir) != 0)
@@ -67,19 +67,19 @@ drop(const char *user, const char *dir, const char *who)
 	if (geteuid() != 0) {
 		if (geteuid() == pw->pw_uid)
 			return 0;
-		log_warnx("cannot switch to user %s: not running as root",
+		log_errx("cannot switch to user %s: not running as root",
 		    user);
 		return -1;
 	}
 	if (setgroups(1, &pw->pw_gid) == -1 ||
 	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) == -1 ||
 	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) == -1) {
-		log_warn("dropping privileges to %s", user);
+		log_err("dropping privileges to %s", user);
 		return -1;
 	}
 	/* The drop must be permanent: regaining root has to fail. */
 	if (pw->pw_uid != 0 && (setuid(0) != -1 || seteuid(0) != -1)) {
-		log_warnx("privileges could be regained after the drop");
+		log_errx("privileges could be regained after the drop");
 		return -1;
 	}
 	log_info("%s as %s (uid %u)", who, user, (unsigned)pw->pw_uid);
@@ -275,11 +275,11 @@ sandbox_launcher_start(struct event_base *base, const char *user,
 	int sv[2];
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
-		log_warn("launcher: socketpair");
+		log_err("launcher: socketpair");
 		return -1;
 	}
 	if ((launcher.pid = fork()) == -1) {
-		log_warn("launcher: fork");
+		log_err("launcher: fork");
 		close(sv[0]);
 		close(sv[1]);
 		return -1;
@@ -322,7 +322,7 @@ sandbox_launcher_start(struct event_base *base, const char *user,
 	launcher.ev = event_new(base, launcher.fd, EV_READ | EV_PERSIST,
 	    launcher_read, NULL);
 	if (launcher.ev == NULL || event_add(launcher.ev, NULL) != 0) {
-		log_warnx("launcher: cannot watch its socket");
+		log_errx("launcher: cannot watch its socket");
 		sandbox_launcher_stop();
 		return -1;
 	}
@@ -396,11 +396,11 @@ sandbox_chroot(const char *dir)
 	char *d;
 
 	if ((d = realpath(dir, NULL)) == NULL) {
-		log_warn("chroot %s", dir);
+		log_err("chroot %s", dir);
 		return -1;
 	}
 	if (chroot(d) == -1 || chdir("/") == -1) {
-		log_warn("chroot %s", d);
+		log_err("chroot %s", d);
 		free(d);
 		return -1;
 	}
@@ -425,15 +425,15 @@ sandbox_drop_capabilities(void)
 	memset(data, 0, sizeof(data));
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1 &&
 	    errno != EINVAL) {
-		log_warn("clearing ambient capabilities");
+		log_err("clearing ambient capabilities");
 		return -1;
 	}
 	if (syscall(SYS_capset, &hdr, data) == -1) {
-		log_warn("dropping capabilities");
+		log_err("dropping capabilities");
 		return -1;
 	}
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) {
-		log_warn("PR_SET_NO_NEW_PRIVS");
+		log_err("PR_SET_NO_NEW_PRIVS");
 		return -1;
 	}
 	return 0;
@@ -510,7 +510,7 @@ sandbox_seccomp(void)
 	int e = 0;
 
 	if ((ctx = seccomp_init(SCMP_ACT_KILL_PROCESS)) == NULL) {
-		log_warnx("seccomp_init failed");
+		log_errx("seccomp_init failed");
 		return -1;
 	}
 	for (i = 0; e == 0 && i < sizeof(seccomp_allowed) /
@@ -544,7 +544,7 @@ sandbox_seccomp(void)
 		e = seccomp_load(ctx);
 	seccomp_release(ctx);
 	if (e != 0) {
-		log_warnx("seccomp: %s", strerror(-e));
+		log_errx("seccomp: %s", strerror(-e));
 		return -1;
 	}
 	launcher.restricted = true;

@@ -16,7 +16,12 @@ void	log_init(int where, int level);
 void	log_setlevel(int level);
 int	log_getlevel(void);
 
-/* log_warn appends ": strerror(errno)"; the x variants do not. */
+/*
+ * log_err and log_warn append ": strerror(errno)"; the x variants do not.
+ * log_err: why stubborn will not start, said whatever log-level is set.
+ */
+void	log_err(const char *, ...) __attribute__((format(printf, 1, 2)));
+void	log_errx(const char *, ...) __attribute__((format(printf, 1, 2)));
 void	log_warn(const char *, ...) __attribute__((format(printf, 1, 2)));
 void	log_warnx(const char *, ...) __attribute__((format(printf, 1, 2)));
 void	log_info(const char *, ...) __attribute__((format(printf, 1, 2)));

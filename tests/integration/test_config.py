@@ -350,3 +350,20 @@ def test_check_config_prints_the_effective_url(stubborn_bin, tmp_path):
     urls = [l for l in p.stdout.splitlines() if l.startswith("url = ")]
     assert urls == ["url = https://dns.test/dns-query", "url = tls://dns.test",
                     "url = https://dns.test:8443/q"], p.stdout
+
+
+def test_why_run_stops_is_said_at_any_log_level(stubborn_bin, tmp_path):
+    # log-level = error hides warnings: not the reason stubborn exits.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        conf = tmp_path / "busy.conf"
+        conf.write_text(f"[server]\nlisten = 127.0.0.1:{port}\nlog-level = error\n"
+                        "state-dir =\n[trust]\nct = off\n"
+                        "[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n")
+        p = _run([stubborn_bin, "run", "-f", "-c", str(conf)])
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" \
+        in p.stderr, p.stderr
+    # Warnings stay below that level.
+    assert "warning:" not in p.stderr, p.stderr
