@@ -521,11 +521,6 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 		    max_age_sec / 86400);
 		goto done;
 	}
-	/* Not refused for being older: say what it replaces. */
-	if (installed_ms - now_ms > FUTURE_SLACK_MS)
-		fprintf(errs, "%s: the list in place is of %s, in the future: "
-		    "replaced\n", origin, ct_format_time(installed_ms, then,
-		    sizeof(then)));
 	if (asprintf(&tmp, "%s.XXXXXX", path) == -1) {
 		tmp = NULL;
 		goto done;
@@ -562,6 +557,11 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 		fsync(dfd);
 		close(dfd);
 	}
+	/* Not refused for being older: say what it replaced. */
+	if (installed_ms - now_ms > FUTURE_SLACK_MS)
+		fprintf(errs, "%s: the list in place was of %s, in the future: "
+		    "replaced\n", origin, ct_format_time(installed_ms, then,
+		    sizeof(then)));
 	fprintf(out, "installed %s from %s: version %s of %s, %zu logs of "
 	    "%zu operators\n", path, origin, list->version ? list->version :
 	    "?", when, list->nlogs, list->noperators);
