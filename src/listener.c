@@ -10,6 +10,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/listener.h>
 
 #include "stubborn/dnsmsg.h"
@@ -46,6 +47,7 @@ struct tcp_client {
 	struct listener		*l;
 	TAILQ_ENTRY(tcp_client)	 entry;
 	struct bufferevent	*bev;	/* NULL once closed */
+	struct event		*partial;	/* a query begun: its deadline */
 	struct sockaddr_storage	 addr;
 	socklen_t		 addrlen;
 	bool			 allowed;
@@ -317,9 +319,40 @@ tcp_client_close(struct tcp_client *tc)
 		return;
 	bufferevent_free(tc->bev);
 	tc->bev = NULL;
+	event_free(tc->partial);
+	tc->partial = NULL;
 	TAILQ_REMOVE(&l->clients, tc, entry);
 	l->nclients--;
 	tcp_client_unref(tc);
+}
+
+/*
+ * The idle timeout restarts with every byte, so a client could hold a
+ * connection for ever by sending one a second.  A query begun must be
+ * whole within the idle time of the one before it, however its bytes come.
+ */
+static void
+tcp_partial_watch(struct tcp_client *tc, bool progress)
+{
+	struct timeval tv = { TCP_IDLE_SEC, 0 };
+
+	if (tc->paused || tc->eof ||
+	    evbuffer_get_length(bufferevent_get_input(tc->bev)) == 0)
+		evtimer_del(tc->partial);
+	else if (progress || !evtimer_pending(tc->partial, NULL))
+		evtimer_add(tc->partial, &tv);
+}
+
+static void
+tcp_partial_cb(evutil_socket_t fd, short events, void *arg)
+{
+	struct tcp_client *tc = arg;
+
+	(void)fd;
+	(void)events;
+	log_debug("TCP client: a query not whole within %d s: closed",
+	    TCP_IDLE_SEC);
+	tcp_client_close(tc);
 }
 
 static void
@@ -329,6 +362,7 @@ tcp_read_cb(struct bufferevent *bev, void *arg)
 	struct tcp_client *tc = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	struct client c;
+	bool progress = false;
 
 	memset(&c, 0, sizeof(c));
 	c.udp_fd = -1;
@@ -353,8 +387,11 @@ tcp_read_cb(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, 2);
 		evbuffer_remove(in, msg, len);
 		handle_query(tc->l, &c, tc->allowed, msg, len);
+		progress = true;
 		tcp_client_flow(tc);
 	}
+	if (tc->bev != NULL)
+		tcp_partial_watch(tc, progress);
 	tc->in_read = false;
 	tcp_client_unref(tc);
 }
@@ -375,6 +412,7 @@ tcp_event_cb(struct bufferevent *bev, short events, void *arg)
 	if (events == (BEV_EVENT_EOF | BEV_EVENT_READING)) {
 		/* Half-closed: answer what was asked, then close. */
 		tc->eof = true;
+		evtimer_del(tc->partial);
 		bufferevent_disable(tc->bev, EV_READ);
 		tcp_client_flow(tc);
 		return;
@@ -412,8 +450,14 @@ tcp_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
 	tc->addrlen = (socklen_t)salen;
 	tc->allowed = allowed(l, sa);
 	tc->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (tc->bev == NULL) {
-		close(fd);
+	tc->partial = evtimer_new(l->base, tcp_partial_cb, tc);
+	if (tc->bev == NULL || tc->partial == NULL) {
+		if (tc->bev != NULL)
+			bufferevent_free(tc->bev);
+		else
+			close(fd);
+		if (tc->partial != NULL)
+			event_free(tc->partial);
 		free(tc);
 		return;
 	}

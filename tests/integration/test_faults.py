@@ -194,6 +194,57 @@ def test_tcp_client_that_never_reads_is_held_to_a_bounded_share(upstream, stubbo
     _memory_ok(s, "a client that never reads")
 
 
+DRIP_EVERY = 0.5               # seconds between the dripping client's bytes
+
+
+def test_tcp_client_that_drips_a_query_is_closed(upstream, stubborn):
+    # Every byte restarts the idle timer, so a client that sends one every
+    # half second could hold a connection for ever.  A query begun must be
+    # whole within the idle time of the one before it: the dripping client
+    # is closed about 10 s after its answered query, long before its second
+    # query would be whole.  One that pauses 3 s mid-query is answered.
+    s = stubborn([upstream("first").spec()])
+    q = clients.make_query(servers.zone_name(1), "A")
+    honest = q.to_wire()
+    drip = clients.make_query("a-long-name-that-takes-a-while." + servers.zone_name(2),
+                              "A").to_wire()
+    drip = struct.pack("!H", len(drip)) + drip
+    assert len(drip) * DRIP_EVERY > TCP_IDLE + 5
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    try:
+        c.sendall(struct.pack("!H", len(honest)) + honest[:10])
+        time.sleep(3)
+        c.sendall(honest[10:])
+        r, _ = dns.query.receive_tcp(c, time.time() + 5)
+        assert r.id == q.id
+        t0 = time.monotonic()
+        closed_at = None
+        for b in drip:
+            try:
+                c.sendall(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic() - t0
+                break
+            c.settimeout(DRIP_EVERY)
+            try:
+                if c.recv(1) == b"":
+                    closed_at = time.monotonic() - t0
+                    break
+                pytest.fail("an answer to a query not yet whole")
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed_at = time.monotonic() - t0
+                break
+        assert closed_at is not None, "the dripping client was never closed"
+        print(f"\ndripping client closed after {closed_at:.1f}s")
+        assert TCP_IDLE - 1 <= closed_at <= TCP_IDLE + 2
+    finally:
+        c.close()
+    assert _who(s.port, "after-drip", tcp=True)[0] == ["first"]
+    assert s.alive()
+
+
 def test_shutdown_with_a_paused_tcp_client_exits_cleanly(silent_upstream, stubborn):
     # More pipelined questions than a connection may have unanswered, to
     # an upstream that never answers: stubborn stops reading with some
