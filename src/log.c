@@ -156,8 +156,8 @@ fatalx(const char *fmt, ...)
 	exit(1);
 }
 
-void
-log_crypto(const char *what)
+static void
+log_crypto_at(int pri, const char *what)
 {
 	char buf[256], all[1024] = "";
 	unsigned long e;
@@ -172,7 +172,22 @@ log_crypto(const char *what)
 				used += (size_t)n;
 		}
 	}
-	log_warnx("%s%s%s", what, used ? ": " : "", all);
+	if (pri == LOG_ERR)
+		log_errx("%s%s%s", what, used ? ": " : "", all);
+	else
+		log_warnx("%s%s%s", what, used ? ": " : "", all);
+}
+
+void
+log_crypto(const char *what)
+{
+	log_crypto_at(LOG_WARNING, what);
+}
+
+void
+log_crypto_err(const char *what)
+{
+	log_crypto_at(LOG_ERR, what);
 }
 
 void

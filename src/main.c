@@ -1174,7 +1174,7 @@ cmd_check_cert(int argc, char **argv)
 	if ((store = X509_STORE_new()) == NULL)
 		goto done;
 	if (tls_store_load(store, ca_file) != 0) {
-		log_crypto(ca_file ? ca_file : "the system trust store");
+		log_crypto_err(ca_file ? ca_file : "the system trust store");
 		goto done;
 	}
 	/* The TLS security level the daemon's handshakes would apply. */

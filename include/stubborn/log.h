@@ -36,8 +36,10 @@ void	fatalx(const char *, ...)
 /*
  * Drain the OpenSSL error queue into one warning that starts with what;
  * the queue is empty afterwards, so a later SSL_get_error() is not misled.
+ * log_crypto_err: the same, as the error that ends a command.
  */
 void	log_crypto(const char *what);
+void	log_crypto_err(const char *what);
 
 /*
  * Write one trust-incident record: json is a complete JSON object on one

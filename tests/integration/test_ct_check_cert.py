@@ -236,13 +236,15 @@ def _bad_inputs(universe, tmp):
         "pin-wrong-algorithm": dict(chain=chain, pins=["md5/AAAAAAAAAAAAAAAAAAAAAA=="]),
         "log-list-missing": dict(chain=chain, log_list=tmp / "absent.json"),
         "policy-unknown": dict(chain=chain, policy="firefox"),
+        "ca-file-missing": dict(chain=chain, ca_file=tmp / "absent.pem"),
+        "ca-file-not-pem": dict(chain=chain, ca_file=garbage),
     }
 
 
 BAD_INPUT = ["chain-missing", "chain-not-pem", "chain-empty", "chain-truncated-der",
              "at-words", "at-bad-date", "at-empty", "at-past-year-9999", "host-empty", "host-two-dots",
              "pin-not-base64", "pin-wrong-algorithm",
-             "log-list-missing", "policy-unknown"]
+             "log-list-missing", "policy-unknown", "ca-file-missing", "ca-file-not-pem"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
@@ -250,9 +252,12 @@ def test_bad_input_exits_2(stubborn_bin, universe, tmp_path, case):
     kw = _bad_inputs(universe, tmp_path)[case]
     kw.setdefault("at", universe.check_time)
     kw.setdefault("log_list", universe.log_list_path)
-    r = check_cert(stubborn_bin, ca_file=universe.root_pem, **kw)
+    kw.setdefault("ca_file", universe.root_pem)
+    r = check_cert(stubborn_bin, **kw)
     assert r.status == 2, r
     assert r.stderr.strip(), f"no message on stderr\n{r}"
+    # What ends the command is an error, not a warning to read past.
+    assert "warning" not in r.stderr, r
     assert "verdict" not in r.checks, f"bad input was judged\n{r}"
 
 
