@@ -3,14 +3,12 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -1265,51 +1263,12 @@ validate(struct parse_ctx *ctx)
 	}
 }
 
-/*
- * The conf file, opened only if it is a regular file: a FIFO would block
- * the open and /dev/zero the read for ever, a directory read as empty.
- * NULL with *why when it is not, and *absent when there is no such file.
- */
-static FILE *
-open_regular(const char *path, const char **why, bool *absent)
-{
-	struct stat st;
-	FILE *fp;
-	int fd;
-
-	*absent = false;
-	if ((fd = open(sandbox_path(path), O_RDONLY | O_NONBLOCK |
-	    O_CLOEXEC)) == -1 || fstat(fd, &st) == -1) {
-		*absent = errno == ENOENT;
-		*why = strerror(errno);
-		goto fail;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		*why = strerror(EISDIR);
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		*why = "not a regular file";
-		goto fail;
-	}
-	if ((fp = fdopen(fd, "r")) == NULL) {
-		*why = strerror(errno);
-		goto fail;
-	}
-	return fp;
-fail:
-	if (fd != -1)
-		close(fd);
-	return NULL;
-}
-
 struct config *
 config_load(const char *path, bool must_exist, FILE *errs)
 {
 	struct parse_ctx ctx;
 	struct config *cfg;
 	const char *why;
-	bool absent;
 	int rc;
 
 	(void)base_dir();	/* now, before any chdir */
@@ -1321,8 +1280,8 @@ config_load(const char *path, bool must_exist, FILE *errs)
 	ctx.errs = errs;
 	ctx.path = path ? path : "(built-in)";
 	defaults(&ctx);
-	if (path != NULL && (ctx.fp = open_regular(path, &why, &absent)) ==
-	    NULL && (!absent || must_exist)) {
+	if (path != NULL && (ctx.fp = sandbox_fopen_regular(sandbox_path(path),
+	    &why)) == NULL && (errno != ENOENT || must_exist)) {
 		fprintf(errs, "%s: %s\n", path, why);
 		config_free(cfg);
 		return NULL;

@@ -15,6 +15,7 @@
 #include <openssl/x509v3.h>
 
 #include "stubborn/ct.h"
+#include "stubborn/sandbox.h"
 
 #define DAY_SEC			86400LL
 #define CHROME_SHORT_DAYS	180
@@ -444,11 +445,12 @@ ct_loglist_load(const char *path, FILE *errs)
 	struct ct_loglist *list = NULL;
 	struct stat st;
 	char *buf = NULL;
+	const char *why;
 	FILE *fp;
 	size_t n;
 
-	if ((fp = fopen(path, "r")) == NULL) {
-		fprintf(errs, "%s: %s\n", path, strerror(errno));
+	if ((fp = sandbox_fopen_regular(path, &why)) == NULL) {
+		fprintf(errs, "%s: %s\n", path, why);
 		return NULL;
 	}
 	if (fstat(fileno(fp), &st) == -1 || st.st_size > 64 * 1024 * 1024 ||

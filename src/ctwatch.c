@@ -16,6 +16,7 @@
 #include "stubborn/ctwatch.h"
 #include "stubborn/denylist.h"
 #include "stubborn/log.h"
+#include "stubborn/sandbox.h"
 #include "stubborn/tls.h"
 #include "stubborn/trust.h"
 
@@ -106,13 +107,14 @@ static STACK_OF(X509) *
 read_chain(const char *path)
 {
 	STACK_OF(X509) *chain;
+	const char *why;
 	X509 *x;
 	FILE *fp;
 
 	if (path == NULL)
 		return NULL;
-	if ((fp = fopen(path, "r")) == NULL) {
-		log_warn("ct-hook: %s", path);
+	if ((fp = sandbox_fopen_regular(path, &why)) == NULL) {
+		log_warnx("ct-hook: %s: %s", path, why);
 		return NULL;
 	}
 	chain = sk_X509_new_null();

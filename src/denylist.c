@@ -11,6 +11,7 @@
 
 #include "stubborn/denylist.h"
 #include "stubborn/log.h"
+#include "stubborn/sandbox.h"
 
 static struct pin	*deny;
 static size_t		 ndeny;
@@ -60,15 +61,16 @@ denylist_load(const char *path, struct pin **keys, size_t *n, FILE *errs)
 	char *line = NULL;
 	struct pin *set = NULL, p;
 	size_t cap = 0, lineno = 0, linecap = 0;
+	const char *why;
 	ssize_t len;
 	FILE *fp;
 
 	*keys = NULL;
 	*n = 0;
-	if ((fp = fopen(path, "r")) == NULL) {
+	if ((fp = sandbox_fopen_regular(path, &why)) == NULL) {
 		if (errno == ENOENT)
 			return 0;
-		fprintf(errs, "%s: %s\n", path, strerror(errno));
+		fprintf(errs, "%s: %s\n", path, why);
 		return -1;
 	}
 	/*

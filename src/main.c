@@ -989,11 +989,12 @@ static STACK_OF(X509) *
 read_chain(const char *path)
 {
 	STACK_OF(X509) *chain = sk_X509_new_null();
-	FILE *fp = fopen(path, "r");
+	const char *why = "out of memory";
+	FILE *fp = sandbox_fopen_regular(path, &why);
 	X509 *x;
 
 	if (fp == NULL || chain == NULL) {
-		fprintf(stderr, "stubborn: %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "stubborn: %s: %s\n", path, why);
 		if (fp)
 			fclose(fp);
 		sk_X509_free(chain);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <syslog.h>
@@ -376,6 +377,41 @@ sandbox_path_under(const char *path, const char *dir)
 		n--;
 	return strncmp(path, dir, n) == 0 &&
 	    (path[n] == '/' || path[n] == '\0' || n == 1);
+}
+
+FILE *
+sandbox_fopen_regular(const char *path, const char **why)
+{
+	struct stat st;
+	FILE *fp;
+	int fd, saved;
+
+	if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) == -1 ||
+	    fstat(fd, &st) == -1) {
+		*why = strerror(errno);
+		goto fail;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		errno = EISDIR;
+		*why = strerror(errno);
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		errno = EINVAL;
+		*why = "not a regular file";
+		goto fail;
+	}
+	if ((fp = fdopen(fd, "r")) == NULL) {
+		*why = strerror(errno);
+		goto fail;
+	}
+	return fp;
+fail:
+	saved = errno;
+	if (fd != -1)
+		close(fd);
+	errno = saved;
+	return NULL;
 }
 
 const char *

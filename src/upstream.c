@@ -116,6 +116,7 @@ quarantine_load(struct upstream_pool *pool)
 {
 	char path[4096], line[1024];
 	time_t now = time(NULL);
+	const char *why;
 	int lineno = 0;
 	FILE *fp;
 
@@ -123,11 +124,12 @@ quarantine_load(struct upstream_pool *pool)
 		return;
 	snprintf(path, sizeof(path), "%s/%s",
 	    sandbox_path(pool->cfg->state_dir), QUARANTINE_FILE);
-	if ((fp = fopen(path, "r")) == NULL) {
+	if ((fp = sandbox_fopen_regular(path, &why)) == NULL) {
 		/* Unread, a quarantine would end at every restart: say so. */
 		if (errno != ENOENT)
-			log_warn("quarantines in %s: cannot read them, so no "
-			    "upstream is kept in quarantine from before", path);
+			log_warnx("quarantines in %s: cannot read them (%s), so "
+			    "no upstream is kept in quarantine from before", path,
+			    why);
 		return;		/* none yet */
 	}
 	while (fgets(line, sizeof(line), fp) != NULL) {

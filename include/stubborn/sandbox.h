@@ -10,6 +10,7 @@
 #define STUBBORN_SANDBOX_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include <event2/event.h>
 
@@ -56,6 +57,14 @@ int	sandbox_chroot(const char *dir);
  * prefix taken off when path lies under it, else unchanged.
  */
 const char *sandbox_path(const char *path);
+
+/*
+ * A file the operator named, opened for reading only if it is a regular
+ * file: a FIFO would block the open and /dev/zero a read for ever, and a
+ * directory would read as empty.  NULL with *why (errno kept: ENOENT
+ * when there is no such file) when it is not.
+ */
+FILE	*sandbox_fopen_regular(const char *path, const char **why);
 
 /* True when path (absolute) lies under dir. */
 bool	sandbox_path_under(const char *path, const char *dir);

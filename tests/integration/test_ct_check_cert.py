@@ -5,6 +5,7 @@ and bad input must exit 2 rather than be judged."""
 
 import datetime
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -221,6 +222,8 @@ def _bad_inputs(universe, tmp):
     # A PEM block whose base64 is cut short: the armour parses, the DER not.
     broken.write_text("\n".join(pem[:4] + [pem[-1]]) + "\n")
     chain = universe.preset("ok2").chain_pem
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
     return {
         "chain-missing": dict(chain=tmp / "absent.pem"),
         "chain-not-pem": dict(chain=garbage),
@@ -238,13 +241,17 @@ def _bad_inputs(universe, tmp):
         "policy-unknown": dict(chain=chain, policy="firefox"),
         "ca-file-missing": dict(chain=chain, ca_file=tmp / "absent.pem"),
         "ca-file-not-pem": dict(chain=chain, ca_file=garbage),
+        # A plain open of a FIFO would wait for a writer for ever.
+        "chain-fifo": dict(chain=fifo),
+        "log-list-fifo": dict(chain=chain, log_list=fifo),
     }
 
 
 BAD_INPUT = ["chain-missing", "chain-not-pem", "chain-empty", "chain-truncated-der",
              "at-words", "at-bad-date", "at-empty", "at-past-year-9999", "host-empty", "host-two-dots",
              "pin-not-base64", "pin-wrong-algorithm",
-             "log-list-missing", "policy-unknown", "ca-file-missing", "ca-file-not-pem"]
+             "log-list-missing", "policy-unknown", "ca-file-missing", "ca-file-not-pem",
+             "chain-fifo", "log-list-fifo"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)

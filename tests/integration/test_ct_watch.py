@@ -240,3 +240,20 @@ def test_corrupt_deny_list_is_reported_and_ignored(stubborn, upstream, certs, tm
     assert clients.answer_strings(r, "TXT") == ["first"]
     assert "deny list:" in s.log_text() and "skipped" in s.log_text(), s.log_text()
     assert s.alive()
+
+
+def test_fifos_in_the_state_dir_do_not_block_the_start(stubborn, upstream, certs, tmp_path):
+    # A FIFO where the deny list or the quarantine file should be would
+    # block a plain open for ever: stubborn says so and starts.
+    good = upstream("first", "good")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / "denylist")
+    os.mkfifo(state / "quarantine")
+    s = stubborn([good.spec(pins=[certs["good"].pin])], server_extra=[f"state-dir = {state}"])
+    q, r = clients.ask(s.port, servers.who_name("fifo"), "TXT")
+    assert clients.answer_strings(r, "TXT") == ["first"]
+    log = s.log_text()
+    assert f"{state}/denylist: not a regular file" in log, log
+    assert f"quarantines in {state}/quarantine: cannot read them (not a regular file)" in log, log
+    assert s.alive()
