@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -81,6 +82,46 @@ def test_seccomp_can_be_turned_off(upstream, stubborn, certs):
     _answers(s.port, 73)
     assert servers.proc_status(s.proc.pid)["Seccomp"] == ["0"]
     assert "seccomp filter on" not in s.log_text()
+
+
+def _no_seccomp():
+    """In the child: a filter that allows everything but installing another,
+    as a kernel without seccomp or a tracer such as valgrind would."""
+    import errno
+    import seccomp
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    f.add_rule(seccomp.ERRNO(errno.EINVAL), "seccomp")
+    f.add_rule(seccomp.ERRNO(errno.EINVAL), "prctl", seccomp.Arg(0, seccomp.EQ, 22))
+    f.load()
+
+
+def test_no_start_without_the_seccomp_filter(stubborn_bin, tmp_path):
+    # seccomp = yes is a promise: a daemon that cannot set the filter up
+    # says why and how to run without it, and does not start.
+    pytest.importorskip("seccomp")
+    port = servers.free_port(["127.0.0.1"])
+    conf = tmp_path / "seccomp.conf"
+    conf.write_text(f"[server]\nlisten = 127.0.0.1:{port}\nlog-level = error\n"
+                    "state-dir =\n[trust]\nct = off\n"
+                    "[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n")
+    p = subprocess.run([stubborn_bin, "run", "-f", "-c", str(conf)], capture_output=True,
+                       text=True, timeout=20, stdin=subprocess.DEVNULL,
+                       preexec_fn=_no_seccomp)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "error: not starting without the seccomp filter that seccomp = yes asks for " \
+        "(seccomp = no runs without it)" in p.stderr, p.stderr
+    # With seccomp = no the same process starts: the filter was all that failed.
+    conf.write_text(conf.read_text().replace("state-dir =", "state-dir =\nseccomp = no"))
+    proc = subprocess.Popen([stubborn_bin, "run", "-f", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, preexec_fn=_no_seccomp)
+    try:
+        servers.wait_listening("127.0.0.1", port, time.monotonic() + 10, proc, "stubborn",
+                               lambda: "", tls=False)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
 
 
 def test_seccomp_on_by_default(upstream, stubborn, certs):
