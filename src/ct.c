@@ -484,8 +484,8 @@ done:
 
 int
 ct_loglist_install(const char *path, const char *json, size_t len,
-    const char *origin, int64_t installed_ms, long max_age_sec, FILE *out,
-    FILE *errs)
+    const char *origin, int64_t served_ms, int64_t installed_ms,
+    long max_age_sec, FILE *out, FILE *errs)
 {
 	struct ct_loglist *list;
 	char *tmp = NULL, *dir = NULL, when[40], then[40];
@@ -495,13 +495,24 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 
 	if ((list = ct_loglist_parse(json, len, origin, errs)) == NULL)
 		return -1;
+	if (list->timestamp_ms == 0) {
+		/*
+		 * Dated by the fetch, a stale mirror's list would look new
+		 * every day, and a replayed one newer than the list in place.
+		 */
+		if (served_ms <= 0) {
+			fprintf(errs, "%s: no log_list_timestamp, and no "
+			    "Last-Modified from the server: the list's age "
+			    "cannot be told\n", origin);
+			goto done;
+		}
+		list->timestamp_ms = served_ms;
+		list->dated_by_file = true;
+	}
 	now_ms = (int64_t)time(NULL) * 1000;
 	age_ms = now_ms - list->timestamp_ms;
 	ct_format_time(list->timestamp_ms, when, sizeof(when));
-	if (list->timestamp_ms == 0)
-		fprintf(errs, "%s: no log_list_timestamp: the list is dated "
-		    "by the file from now on\n", origin);
-	else if (-age_ms > FUTURE_SLACK_MS) {
+	if (-age_ms > FUTURE_SLACK_MS) {
 		/*
 		 * Installed, it would refuse every real list until that
 		 * day as older than itself.
@@ -540,6 +551,18 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 		}
 		done += (size_t)n;
 	}
+	/* The file's date is the list's, when the list carries none. */
+	if (list->dated_by_file) {
+		struct timespec ts[2];
+
+		ts[0].tv_sec = ts[1].tv_sec = (time_t)(list->timestamp_ms /
+		    1000);
+		ts[0].tv_nsec = ts[1].tv_nsec = 0;
+		if (futimens(fd, ts) == -1) {
+			fprintf(errs, "%s: %s\n", tmp, strerror(errno));
+			goto done;
+		}
+	}
 	/* Readable by the resolver after it dropped privileges. */
 	if (fchmod(fd, 0644) == -1 || fsync(fd) == -1 || close(fd) == -1) {
 		fd = -1;
@@ -564,9 +587,10 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 		fprintf(errs, "%s: the list in place was of %s, in the future: "
 		    "replaced\n", origin, ct_format_time(installed_ms, then,
 		    sizeof(then)));
-	fprintf(out, "installed %s from %s: version %s of %s, %zu logs of "
+	fprintf(out, "installed %s from %s: version %s of %s%s, %zu logs of "
 	    "%zu operators\n", path, origin, list->version ? list->version :
-	    "?", when, list->nlogs, list->noperators);
+	    "?", when, list->dated_by_file ? " (Last-Modified)" : "",
+	    list->nlogs, list->noperators);
 	rc = 0;
 done:
 	if (fd != -1)

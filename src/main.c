@@ -912,7 +912,7 @@ cmd_update_log_list(int argc, char **argv)
 	struct ct_loglist *cur;
 	const char *url;
 	char err[512] = "", *body = NULL;
-	int64_t installed_ms = 0;
+	int64_t installed_ms = 0, served_ms = 0;
 	size_t len = 0;
 	FILE *quiet;
 	int rc;
@@ -939,18 +939,22 @@ cmd_update_log_list(int argc, char **argv)
 	rc = tls_client_open(&tc, url, NULL, NULL, NULL, CT_POLICY_CHROME, err,
 	    sizeof(err));
 	if (rc == 0 && tls_client_get(&tc, CT_LIST_MAX_BYTES, &body, &len,
-	    err, sizeof(err)) != 0)
+	    &served_ms, err, sizeof(err)) != 0)
 		rc = -1;
-	/* No going back past the list in place (unless it is unreadable). */
+	/*
+	 * No going back past the list in place (unless it is unreadable);
+	 * one without a date of its own has its Last-Modified as the file's.
+	 */
 	if (rc == 0 && (quiet = fopen("/dev/null", "w")) != NULL) {
 		cur = ct_loglist_load(cfg->ct_log_list, quiet);
-		if (cur != NULL && !cur->dated_by_file)
+		if (cur != NULL)
 			installed_ms = cur->timestamp_ms;
 		ct_loglist_free(cur);
 		fclose(quiet);
 	}
 	if (rc == 0 && ct_loglist_install(cfg->ct_log_list, body, len, url,
-	    installed_ms, cfg->ct_max_list_age, stdout, stderr) != 0)
+	    served_ms, installed_ms, cfg->ct_max_list_age, stdout,
+	    stderr) != 0)
 		rc = -1;
 	if (rc != 0) {
 		if (body == NULL)

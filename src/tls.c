@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <netinet/in.h>
@@ -725,9 +726,45 @@ unchunk(char *b, size_t len)
 	}
 }
 
+/*
+ * An HTTP-date in the IMF-fixdate form every current server sends (RFC
+ * 9110 5.6.7), "Sun, 06 Nov 1994 08:49:37 GMT", as Unix ms; 0 if it is
+ * not one.
+ */
+static int64_t
+http_date(const char *s)
+{
+	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+	static const char days[] = "SunMonTueWedThuFriSat";
+	char wday[4], mon[4];
+	const char *m;
+	struct tm tm;
+	time_t t;
+	int end = 0;
+
+	memset(&tm, 0, sizeof(tm));
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (sscanf(s, "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d GMT%n",
+	    wday, &tm.tm_mday, mon, &tm.tm_year, &tm.tm_hour, &tm.tm_min,
+	    &tm.tm_sec, &end) != 7 || end == 0 ||
+	    strspn(s + end, " \t\r") != strlen(s + end) ||
+	    strlen(wday) != 3 || strstr(days, wday) == NULL ||
+	    strlen(mon) != 3 || (m = strstr(months, mon)) == NULL ||
+	    (m - months) % 3 != 0 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+	    tm.tm_year < 1970 || tm.tm_hour > 23 || tm.tm_min > 59 ||
+	    tm.tm_sec > 60)
+		return 0;
+	tm.tm_mon = (int)((m - months) / 3);
+	tm.tm_year -= 1900;
+	if ((t = timegm(&tm)) == (time_t)-1 || t <= 0)
+		return 0;
+	return (int64_t)t * 1000;
+}
+
 int
 tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
-    char *err, size_t errsz)
+    int64_t *modified_ms, char *err, size_t errsz)
 {
 	char req[1024], *buf = NULL, *hdr_end, *p;
 	size_t used = 0, cap = 0;
@@ -735,6 +772,7 @@ tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
 	int n, status;
 
 	*body = NULL;
+	*modified_ms = 0;
 	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n"
 	    "User-Agent: stubborn/%s\r\nAccept: application/json\r\n"
 	    "Connection: close\r\n\r\n", tc->uc.path && !tc->uc.path_default ?
@@ -791,6 +829,17 @@ tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
 		if (strncasecmp(h + 2, "content-length:", 15) == 0 &&
 		    strtol(h + 17, NULL, 10) != blen)
 			goto short_answer;	/* cut off: never install it */
+		if (strncasecmp(h + 2, "last-modified:", 14) == 0) {
+			char *eol = strstr(h + 16, "\r\n"), save = '\0';
+
+			if (eol != NULL) {
+				save = *eol;
+				*eol = '\0';
+			}
+			*modified_ms = http_date(h + 16);
+			if (eol != NULL)
+				*eol = save;
+		}
 	}
 	if ((size_t)blen > max) {
 		snprintf(err, errsz, "answer larger than %zu bytes", max);

@@ -72,18 +72,20 @@ struct ct_loglist *ct_loglist_load(const char *path, FILE *errs);
 /*
  * Validate the list in json (len bytes, fetched from origin) and, when it
  * parses, replace path with it atomically (a temporary file in the same
- * directory, fsync, rename).  A dated list older than installed_ms (the
- * list in place; 0 for none) or than max_age_sec is refused: a rollback,
- * or a list that would be report-only the moment it landed.  So is one
- * dated more than a day ahead of the clock, which would refuse every
- * real list until then; a list in place dated so far ahead holds none
- * back (and errs says it was replaced).  What was
- * installed goes to out, problems to errs.  Returns 0, or -1 with path
- * untouched.
+ * directory, fsync, rename).  A list without log_list_timestamp (Apple's
+ * layout) is dated by served_ms, the server's Last-Modified, which also
+ * becomes the file's modification time; without either its age cannot be
+ * told, and it is refused.  A list older than installed_ms (the list in
+ * place; 0 for none) or than max_age_sec is refused: a rollback, or a
+ * list that would be report-only the moment it landed.  So is one dated
+ * more than a day ahead of the clock, which would refuse every real list
+ * until then; a list in place dated so far ahead holds none back (and
+ * errs says it was replaced).  What was installed goes to out, problems
+ * to errs.  Returns 0, or -1 with path untouched.
  */
 int	ct_loglist_install(const char *path, const char *json, size_t len,
-	    const char *origin, int64_t installed_ms, long max_age_sec,
-	    FILE *out, FILE *errs);
+	    const char *origin, int64_t served_ms, int64_t installed_ms,
+	    long max_age_sec, FILE *out, FILE *errs);
 
 /* NULL is a no-op. */
 void	ct_loglist_free(struct ct_loglist *list);

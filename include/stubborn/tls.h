@@ -129,11 +129,12 @@ int	tls_client_open(struct tls_client *tc, const char *url,
 
 /*
  * HTTP/1.1 GET of the URL's path on an open client: the body of a 200
- * answer, at most max bytes, into *body (free() it).  Returns 0 or -1
- * with err set.
+ * answer, at most max bytes, into *body (free() it), and its
+ * Last-Modified date as Unix ms into *modified_ms (0 without one).
+ * Returns 0 or -1 with err set.
  */
 int	tls_client_get(struct tls_client *tc, size_t max, char **body,
-	    size_t *len, char *err, size_t errsz);
+	    size_t *len, int64_t *modified_ms, char *err, size_t errsz);
 
 /* Close and free what tc holds. */
 void	tls_client_close(struct tls_client *tc);

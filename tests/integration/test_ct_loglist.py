@@ -5,6 +5,7 @@ HTTPS and validated, leaving the old file byte for byte on any failure;
 with one bad log entry still loads the others and says what it skipped."""
 
 import base64
+import email.utils
 import http.server
 import json
 import os
@@ -48,10 +49,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route is None:
             self.send_error(404)
             return
-        ctype, body = route
+        ctype, body, *modified = route
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if modified:
+            self.send_header("Last-Modified", email.utils.formatdate(modified[0], usegmt=True))
         self.end_headers()
         self.wfile.write(body)
 
@@ -158,7 +161,17 @@ def web(tmp_path_factory, universe, ipv6):
     future = json.dumps(universe.log_list(timestamp=universe.now + 180 * DAY)).encode() + b"\n"
     # Inside the day of clock skew allowed.
     soon = json.dumps(universe.log_list(timestamp=universe.now + 12 * 3600)).encode() + b"\n"
+
+    def undated(ll):
+        del ll["log_list_timestamp"]
+        ll["assetVersion"] = 7
+    # Apple's layout: no log_list_timestamp, so the server's Last-Modified.
+    apple = json.dumps(universe.log_list(edit=undated)).encode() + b"\n"
     routes = {
+        "/apple.json": ("application/json", apple, universe.now - 2 * DAY),
+        "/apple-old.json": ("application/json", apple, universe.now - 5 * DAY),
+        "/apple-stale.json": ("application/json", apple, universe.now - 100 * DAY),
+        "/apple-undated.json": ("application/json", apple),
         "/": ("application/json", good),
         "/log_list.json": ("application/json", good),
         "/soon.json": ("application/json", soon),
@@ -184,7 +197,7 @@ def web(tmp_path_factory, universe, ipv6):
         # OpenSSL's default verify paths: only the test CA is trusted.
         env["SSL_CERT_FILE"] = str(d / "ca" / "root.pem")
         env["SSL_CERT_DIR"] = str(empty_dir)
-        yield {"servers": started, "env": env, "good": good}
+        yield {"servers": started, "env": env, "good": good, "apple": apple}
     finally:
         for s in started.values():
             s.stop()
@@ -399,6 +412,51 @@ def test_update_refuses_a_list_past_ct_max_list_age(stubborn_bin, universe, web,
     assert re.search(r"400 days old: past ct-max-list-age \(70 days\)", p.stderr), p.stderr
     assert not target.exists()
     assert sorted(os.listdir(lists)) == []
+
+
+def test_a_list_without_its_own_date_is_dated_by_last_modified(stubborn_bin, universe, web,
+                                                               tmp_path):
+    # Apple's layout has no log_list_timestamp.  Dated by the fetch, a stale
+    # mirror's list would look new every day and a replayed one newer than
+    # the list in place: the server's Last-Modified dates it, and becomes
+    # the file's modification time, by which the resolver dates it.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    target = lists / "log_list.json"
+    conf = _conf(tmp_path, universe, target)
+    ok = web["servers"]["ok"]
+    for path, why in (("/apple-undated.json", "no log_list_timestamp, and no Last-Modified"),
+                      ("/apple-stale.json", "100 days old: past ct-max-list-age")):
+        p = _update(stubborn_bin, web, ok.url(path), conf)
+        assert p.returncode == 1, (path, p.returncode, p.stdout, p.stderr)
+        assert why in p.stderr, p.stderr
+        assert not target.exists()
+    p = _update(stubborn_bin, web, ok.url("/apple.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert "(Last-Modified)" in p.stdout, p.stdout
+    assert target.read_bytes() == web["apple"]
+    assert int(target.stat().st_mtime) == universe.now - 2 * DAY
+    c = _run([stubborn_bin, "check-config", "-c", str(conf)])
+    assert c.returncode == 0 and "days old" not in c.stderr, (c.stdout, c.stderr)
+    # Older than the list in place, whichever layout that one has.
+    for path in ("/apple-old.json", "/old.json"):
+        p = _update(stubborn_bin, web, ok.url(path), conf)
+        assert p.returncode == 1, (path, p.returncode, p.stdout, p.stderr)
+        assert "older than the one installed" in p.stderr, p.stderr
+        assert target.read_bytes() == web["apple"]
+    # A dated list in place holds an undated one dated before it back too.
+    universe.write_log_list(target, timestamp=universe.now - 1 * DAY)
+    before = target.read_bytes()
+    p = _update(stubborn_bin, web, ok.url("/apple.json"), conf)
+    assert p.returncode == 1 and "older than the one installed" in p.stderr, p.stderr
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(lists)) == ["log_list.json"]
+    # And the newer dated list replaces the undated one.
+    target.write_bytes(web["apple"])
+    os.utime(target, (universe.now - 2 * DAY, universe.now - 2 * DAY))
+    p = _update(stubborn_bin, web, ok.url("/log_list.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert target.read_bytes() == web["good"]
 
 
 def test_check_config_warns_about_a_stale_list(stubborn_bin, universe, tmp_path):
