@@ -153,7 +153,7 @@ user_exists(const struct config *cfg)
 
 /* One trust store, loaded as the upstreams will; false (said) if it fails. */
 static bool
-store_loads(const struct config *cfg, const char *ca, int line)
+store_loads(const struct config *cfg, const char *ca, int line, FILE *errs)
 {
 	SSL_CTX *ctx = tls_ctx_new(ca);
 
@@ -163,7 +163,7 @@ store_loads(const struct config *cfg, const char *ca, int line)
 	}
 	/* tls_ctx_new said why; the system store needs no line. */
 	if (ca != NULL)
-		fprintf(stderr, "%s:%d: ca-file %s: no certificate loads "
+		fprintf(errs, "%s:%d: ca-file %s: no certificate loads "
 		    "from it\n", cfg->path ? cfg->path : "(built-in)", line, ca);
 	return false;
 }
@@ -173,7 +173,7 @@ store_loads(const struct config *cfg, const char *ca, int line)
  * that named it: run would not start without them.
  */
 static bool
-trust_stores_load(const struct config *cfg)
+trust_stores_load(const struct config *cfg, FILE *errs)
 {
 	bool ok = true, shared = false;
 	size_t i;
@@ -182,13 +182,14 @@ trust_stores_load(const struct config *cfg)
 		const struct upstream_conf *uc = &cfg->upstreams[i];
 
 		if (uc->ca_file != NULL)
-			ok &= store_loads(cfg, uc->ca_file, uc->ca_file_line);
+			ok &= store_loads(cfg, uc->ca_file, uc->ca_file_line,
+			    errs);
 		else
 			shared = true;
 	}
 	/* [trust] ca-file even when every upstream has its own: pin uses it. */
 	if (shared || cfg->ca_file != NULL)
-		ok &= store_loads(cfg, cfg->ca_file, cfg->ca_file_line);
+		ok &= store_loads(cfg, cfg->ca_file, cfg->ca_file_line, errs);
 	return ok;
 }
 
@@ -209,7 +210,7 @@ cmd_check_config(int argc, char **argv)
 		return EXIT_USAGE;
 	if (!user_exists(cfg))
 		rc = EXIT_USAGE;
-	if (!trust_stores_load(cfg))
+	if (!trust_stores_load(cfg, stderr))
 		rc = EXIT_USAGE;
 	if (ct_wanted(cfg)) {
 		if ((list = load_ct_list(cfg)) == NULL)
@@ -536,6 +537,11 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	if ((fp = open_memstream(&errs, &len)) == NULL)
 		return;
 	cfg = config_load(d->opts.conf, d->opts.conf_given, fp);
+	/* A trust store that loads nothing is the conf's error, by its line. */
+	if (cfg != NULL && !trust_stores_load(cfg, fp)) {
+		config_free(cfg);
+		cfg = NULL;
+	}
 	fclose(fp);
 	for (line = strtok_r(errs, "\n", &save); line != NULL;
 	    line = strtok_r(NULL, "\n", &save))
@@ -676,7 +682,7 @@ cmd_run(int argc, char **argv)
 		free(conf);
 		return EXIT_USAGE;
 	}
-	if (!user_exists(cfg) || !trust_stores_load(cfg)) {
+	if (!user_exists(cfg) || !trust_stores_load(cfg, stderr)) {
 		config_free(cfg);
 		free(conf);
 		return EXIT_USAGE;

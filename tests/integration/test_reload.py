@@ -122,6 +122,28 @@ def test_broken_conf_keeps_the_old_one_running(upstream, stubborn, certs, ipv6):
     assert _who(s.port, "fixed") == ["second"]
 
 
+def test_a_ca_file_that_loads_nothing_is_blamed_on_its_line(upstream, stubborn, certs, ipv6,
+                                                           tmp_path):
+    # As check-config says it: file:line, and the old conf keeps running.
+    first = upstream("first")
+    second = upstream("second")
+    s = stubborn([first.spec()])
+    assert _who(s.port, "before") == ["first"]
+    notpem = tmp_path / "not-a-ca.pem"
+    notpem.write_text("not a certificate\n")
+    text = _conf_text(s, [second.spec()], certs, ipv6).replace(str(certs.root_pem), str(notpem))
+    assert str(notpem) in text
+    s.conf.write_text(text)
+    lineno = next(i for i, l in enumerate(text.splitlines(), 1) if str(notpem) in l)
+    found, log = _hup(s, lambda l: "reload" in l and _error_re(s, lineno).search(l))
+    assert found, f"no reload line naming {s.conf}:{lineno}:\n{log}"
+    assert f"ca-file {notpem}: no certificate loads from it" in log, log
+    assert "has errors; the running configuration stays" in log, log
+    for i in range(2):
+        assert _who(s.port, f"kept{i}", tcp=bool(i % 2)) == ["first"]
+    assert slow.settle(second.queries_seen) == 0, second.queries()
+
+
 def test_cache_survives_reload(upstream, stubborn, certs, ipv6):
     first = upstream("first")
     s = stubborn([first.spec()])
