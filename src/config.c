@@ -396,7 +396,7 @@ config_cidr_match(const struct cidr *c, const struct sockaddr *a)
 	return true;
 }
 
-/* The one error a caller words its own way (p_ct_log_list_url). */
+/* The one error callers word their own way (config_url_is_ip). */
 static const char url_ip_literal[] = "URL needs a hostname, not an IP "
     "address (put the address in 'address =')";
 
@@ -437,6 +437,12 @@ check_hostname(const char *h)
 	if (!alpha)
 		return url_ip_literal;
 	return NULL;
+}
+
+bool
+config_url_is_ip(const char *err)
+{
+	return err == url_ip_literal;
 }
 
 const char *
@@ -834,7 +840,7 @@ p_ct_log_list_url(struct parse_ctx *ctx, const char *v)
 		err = config_parse_url(v, &uc);
 		free(uc.host);
 		free(uc.path);
-		if (err == url_ip_literal)
+		if (config_url_is_ip(err))
 			return "ct-log-list-url needs a hostname, not an IP "
 			    "address";
 		if (err != NULL)

@@ -645,7 +645,8 @@ tls_client_open(struct tls_client *tc, const char *url, const char *address,
 	tc->fd = -1;
 	tc->uc.name = (char *)"cli";
 	if ((why = config_parse_url(url, &tc->uc)) != NULL) {
-		snprintf(err, errsz, "%s: %s", url, why);
+		snprintf(err, errsz, "%s: %s", url, config_url_is_ip(why) ?
+		    "URL needs a hostname, not an IP address" : why);
 		return -2;
 	}
 	/* Before any lookup: a bad CA file is bad input, as in the conf. */

@@ -153,6 +153,12 @@ bool	config_cidr_match(const struct cidr *c, const struct sockaddr *a);
  */
 const char *config_parse_url(const char *url, struct upstream_conf *uc);
 
+/*
+ * Whether config_parse_url's message is the IP-literal one, whose advice
+ * (an 'address =' line) only the conf can follow.
+ */
+bool	config_url_is_ip(const char *err);
+
 /* Write a as "ip:port" or "[ip6]:port" into buf. */
 const char *config_addr_str(const struct addr *a, char *buf, size_t bufsz);
 

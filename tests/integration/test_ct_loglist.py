@@ -459,6 +459,18 @@ def test_a_list_without_its_own_date_is_dated_by_last_modified(stubborn_bin, uni
     assert target.read_bytes() == web["good"]
 
 
+def test_a_list_url_naming_an_ip_address_is_refused(stubborn_bin, universe, web, tmp_path):
+    # The certificate names a host; and the conf's 'address =' advice would
+    # not apply to a URL given on the command line.
+    lists, target, before, conf = _installed_list(tmp_path, universe, 1 * DAY)
+    port = web["servers"]["ok"].port
+    p = _update(stubborn_bin, web, f"https://127.0.0.1:{port}/log_list.json", conf)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "URL needs a hostname, not an IP address\n" in p.stderr, p.stderr
+    assert "address =" not in p.stderr, p.stderr
+    assert target.read_bytes() == before
+
+
 def test_check_config_warns_about_a_stale_list(stubborn_bin, universe, tmp_path):
     target = tmp_path / "log_list.json"
     universe.write_log_list(target, timestamp=universe.now - 100 * DAY)
