@@ -16,6 +16,13 @@
 #include "transport.h"
 
 #define BACKOFF_MAX_SEC		60
+/*
+ * While no upstream is up, a down one is tried again once this much of
+ * its backoff is over: clients get answers within seconds of an
+ * upstream's return, and SERVFAIL at once in between, not a handshake
+ * (and a wait for a silent server) each.
+ */
+#define ALL_DOWN_RETRY_SEC	5
 #define FAILURES_DOWN		3	/* in a row mark it down */
 
 const double upstream_rtt_bounds[UPSTREAM_RTT_BUCKETS] = {
@@ -335,13 +342,28 @@ upstream_pool_free(struct upstream_pool *pool)
 }
 
 static bool
-usable(struct upstream *up, uint64_t now_ms, bool any_down)
+none_up(const struct upstream_pool *pool)
 {
+	size_t i;
+
+	for (i = 0; i < pool->n; i++)
+		if (pool->ups[i].state == UPSTREAM_UP)
+			return false;
+	return true;
+}
+
+static bool
+usable(struct upstream *up, uint64_t now_ms, bool none_up)
+{
+	uint64_t early;
+
 	switch (up->state) {
 	case UPSTREAM_UP:
 		return true;
 	case UPSTREAM_DOWN:
-		return any_down || now_ms >= up->retry_at_ms;
+		early = none_up && up->backoff_sec > ALL_DOWN_RETRY_SEC ?
+		    (up->backoff_sec - ALL_DOWN_RETRY_SEC) * 1000ULL : 0;
+		return now_ms + early >= up->retry_at_ms;
 	case UPSTREAM_QUARANTINED:
 		if (time(NULL) < up->quarantine_until)
 			return false;
@@ -359,7 +381,7 @@ upstream_pick(struct upstream_pool *pool, uint64_t tried, bool up_only)
 {
 	uint64_t now = upstream_now_ms();
 	struct upstream *best = NULL;
-	int pass;
+	bool down_all;
 	size_t i;
 
 	/* fastest: the healthy one with the lowest RTT; unmeasured first. */
@@ -375,14 +397,13 @@ upstream_pick(struct upstream_pool *pool, uint64_t tried, bool up_only)
 		if (best != NULL)
 			return best;
 	}
-	for (pass = 0; pass < (up_only ? 1 : 2); pass++) {
-		for (i = 0; i < pool->n; i++) {
-			struct upstream *up = &pool->ups[i];
+	down_all = none_up(pool);
+	for (i = 0; i < pool->n; i++) {
+		struct upstream *up = &pool->ups[i];
 
-			if (!(tried & ((uint64_t)1 << i)) && (up_only ?
-			    up->state == UPSTREAM_UP : usable(up, now, pass == 1)))
-				return up;
-		}
+		if (!(tried & ((uint64_t)1 << i)) && (up_only ?
+		    up->state == UPSTREAM_UP : usable(up, now, down_all)))
+			return up;
 	}
 	return NULL;
 }
@@ -458,10 +479,16 @@ mark_down(struct upstream *up, const char *why)
 	if (up->backoff_sec > BACKOFF_MAX_SEC)
 		up->backoff_sec = BACKOFF_MAX_SEC;
 	up->retry_at_ms = upstream_now_ms() + up->backoff_sec * 1000ULL;
-	if (up->state != UPSTREAM_DOWN)
+	if (up->state == UPSTREAM_DOWN)
+		return;
+	up->state = UPSTREAM_DOWN;
+	if (up->backoff_sec > ALL_DOWN_RETRY_SEC && none_up(up->pool))
+		log_warnx("upstream %s: down (%s); retry in %u s, or in %d "
+		    "while no upstream is up", up->conf->name, why,
+		    up->backoff_sec, ALL_DOWN_RETRY_SEC);
+	else
 		log_warnx("upstream %s: down (%s); retry in %u s",
 		    up->conf->name, why, up->backoff_sec);
-	up->state = UPSTREAM_DOWN;
 }
 
 void

@@ -4,6 +4,7 @@ client is told SERVFAIL promptly instead of waiting out its own timeout."""
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dns.exception
 import dns.message
@@ -192,6 +193,48 @@ def test_upstream_silent_after_its_handshake_backs_off(hostile, upstream, stubbo
     assert downs[:3] == ["1", "2", "4"], s.log_text()
     # Three queries to mark it down the first time, then one per probe.
     assert len(h.queries()) == 5, h.queries()
+    assert s.alive()
+
+
+def test_with_every_upstream_down_the_backoff_holds_at_most_5_s(hostile, stubborn):
+    # The only upstream connects, then never answers.  Once it is down,
+    # queries get SERVFAIL at once until its backoff is over, rather than
+    # a handshake and a 1.5 s wait each; and while no upstream is up that
+    # backoff is 5 s at most, so answers come back soon after it does.
+    h = hostile(hostile_mod.Script())
+    s = stubborn([h.spec()])
+    t0 = time.monotonic()
+    # Three at once: down after one attempt's time, not three.
+    with ThreadPoolExecutor(3) as pool:
+        first = list(pool.map(lambda i: clients.ask(s.port, servers.who_name(f"all{i}"), "TXT",
+                                                    timeout=5.0)[1], range(3)))
+    assert [r.rcode() for r in first] == [dns.rcode.SERVFAIL] * 3
+    prompt, i = 0, 3
+    capped = re.compile(r"upstream hostile: down \(queries time out\); retry in 8 s, "
+                        r"or in 5 while no upstream is up")
+    seen_capped = None
+    while time.monotonic() - t0 < 21.0:
+        t = time.monotonic()
+        q, r = clients.ask(s.port, servers.who_name(f"all{i}"), "TXT", timeout=5.0)
+        i += 1
+        assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+        if time.monotonic() - t < 0.3:
+            prompt += 1
+        if seen_capped is None and capped.search(s.log_text()):
+            seen_capped = (time.monotonic(), h.connections)
+        if seen_capped is not None and h.connections > seen_capped[1]:
+            break
+        time.sleep(0.1)
+    log = s.log_text()
+    downs = re.findall(r"upstream hostile: down \(queries time out\); retry in (\d+) s", log)
+    assert downs[:4] == ["1", "2", "4", "8"], log
+    assert seen_capped is not None, log
+    # The fifth connection came about 5 s after the fourth went down, not 8.
+    retried = time.monotonic() - seen_capped[0]
+    assert h.connections == 5, (h.connections, log)
+    assert retried < 7.0, retried
+    # Between the attempts, clients were answered at once.
+    assert prompt >= 20, (prompt, i)
     assert s.alive()
 
 
