@@ -51,6 +51,9 @@ struct doh_stream {
 	size_t			 req_len;
 	size_t			 req_off;
 	int			 status;
+	bool			 final;		/* a status past 1xx is in */
+	bool			 malformed;	/* RFC 9113 8.1 */
+	bool			 ended;		/* END_STREAM came */
 	bool			 ctype_ok;
 	bool			 too_big;
 	char			 clen[8];	/* content-length, unterminated */
@@ -305,13 +308,25 @@ on_header_cb(nghttp2_session *h2, const nghttp2_frame *frame,
 	    (st = nghttp2_session_get_stream_user_data(h2,
 	    frame->hd.stream_id)) == NULL)
 		return 0;
-	if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
-		/* Three digits, or no status we take (see h2_option). */
+	if (namelen > 0 && name[0] == ':') {
+		/*
+		 * One :status per response, none in trailers, and no other
+		 * pseudo-header (RFC 9113 8.1, 8.3.2): nghttp2's own checks
+		 * are off (see h2_option).
+		 */
+		if (namelen != 7 || memcmp(name, ":status", 7) != 0 ||
+		    st->final) {
+			st->malformed = true;
+			return 0;
+		}
+		/* Three digits, or no status we take. */
 		st->status = -1;
 		if (valuelen == 3 && isdigit(value[0]) && isdigit(value[1]) &&
 		    isdigit(value[2]))
 			st->status = (value[0] - '0') * 100 +
 			    (value[1] - '0') * 10 + (value[2] - '0');
+		/* An informational response (103) precedes the final one. */
+		st->final = st->status < 100 || st->status >= 200;
 	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
 		/* The type, parameters (if any) aside, case-insensitive. */
 		size_t l = strlen(DNS_MESSAGE);
@@ -333,6 +348,8 @@ on_data_cb(nghttp2_session *h2, uint8_t flags, int32_t id,
 	(void)arg;
 	if (st == NULL || st->too_big)
 		return 0;
+	if (!st->final)
+		st->malformed = true;	/* a body before its status */
 	if (st->len + len > BODY_MAX) {
 		/* No DNS message is that long: stop the stream, not the rest. */
 		st->too_big = true;
@@ -385,6 +402,10 @@ on_stream_close_cb(nghttp2_session *h2, int32_t id, uint32_t error,
 		bad = "body longer than a DNS message";
 	else if (error != NGHTTP2_NO_ERROR)
 		bad = nghttp2_http2_strerror(error);
+	else if (st->malformed)
+		bad = "malformed response";
+	else if (!st->ended)
+		bad = "stream reset before the response ended";
 	else if (st->status != 200)
 		bad = "HTTP status other than 200";
 	else if (!st->ctype_ok)
@@ -419,8 +440,19 @@ on_frame_recv_cb(nghttp2_session *h2, const nghttp2_frame *frame, void *arg)
 	struct doh_conn *dc = arg;
 	struct txq *q;
 
-	(void)h2;
-	if (frame->hd.type == NGHTTP2_PING &&
+	/*
+	 * Only END_STREAM ends a response: RST_STREAM(NO_ERROR) may follow
+	 * one, never cut it short (RFC 9113 8.1).
+	 */
+	if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+	    (frame->hd.type == NGHTTP2_DATA ||
+	    frame->hd.type == NGHTTP2_HEADERS)) {
+		struct doh_stream *st = nghttp2_session_get_stream_user_data(h2,
+		    frame->hd.stream_id);
+
+		if (st != NULL)
+			st->ended = true;
+	} else if (frame->hd.type == NGHTTP2_PING &&
 	    (frame->hd.flags & NGHTTP2_FLAG_ACK))
 		dc->ping_out = false;
 	else if (frame->hd.type == NGHTTP2_GOAWAY && !dc->draining) {
@@ -662,10 +694,11 @@ static const struct conn_io doh_io = {
 /*
  * No HTTP messaging checks in nghttp2: they cost about a tenth of its
  * time per answer, and what they guard is checked here anyway.  A reply
- * is taken only with a three-digit :status of 200, the DNS content type,
- * and a body that answers the question; every other header is ignored,
- * and the framing layer (stream states, flow control, HPACK) is checked
- * by nghttp2 as before.
+ * is taken only with one three-digit :status of 200 (after any 1xx; no
+ * pseudo-header else, trailers included), ended by END_STREAM, the DNS
+ * content type, and a body that answers the question; every other header
+ * is ignored, and the framing layer (stream states, flow control, HPACK)
+ * is checked by nghttp2 as before.
  */
 static nghttp2_option *
 h2_option(void)

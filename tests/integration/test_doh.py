@@ -36,6 +36,7 @@ HOSTILE_TXT = ["hostile"]
 
 
 # HTTP/2 error codes (RFC 9113 section 7).
+H2_NO_ERROR = 0x0
 H2_INTERNAL_ERROR = 0x2
 H2_REFUSED_STREAM = 0x7
 H2_CANCEL = 0x8
@@ -473,12 +474,48 @@ def _act(kind):
     def short_body(conn, req):
         conn.respond(req, hostile.correct(req.query)[:7])
 
+    def trailer_status(conn, req):
+        # A 500 with a good body, then trailers claiming 200: trailers
+        # carry no pseudo-header (RFC 9113 8.1), so the 500 stands.
+        conn.respond(req, hostile.correct(req.query), status=500, end_stream=False)
+        conn.h2.send_headers(req.stream_id, [(":status", "200")], end_stream=True)
+        conn.open_streams.discard(req.stream_id)
+        conn.flush()
+
+    def two_statuses(conn, req):
+        body = hostile.correct(req.query)
+        conn.h2.send_headers(req.stream_id, [(":status", "500"), (":status", "200"),
+                                             ("content-type", "application/dns-message"),
+                                             ("content-length", str(len(body)))])
+        conn.h2.send_data(req.stream_id, body, end_stream=True)
+        conn.open_streams.discard(req.stream_id)
+        conn.flush()
+
+    def body_before_headers(conn, req):
+        # DATA before any HEADERS: a response without a status.
+        from hyperframe.frame import DataFrame, HeadersFrame
+        body = hostile.correct(req.query)
+        conn.flush()
+        conn.sock.sendall(DataFrame(req.stream_id, data=body).serialize())
+        block = conn.h2.encoder.encode([(":status", "200"),
+                                         ("content-type", "application/dns-message")])
+        conn.sock.sendall(HeadersFrame(req.stream_id, data=block,
+                                       flags=["END_HEADERS", "END_STREAM"]).serialize())
+
+    def rst_no_error(conn, req):
+        # The whole answer, but no END_STREAM: RST_STREAM(NO_ERROR) ends
+        # only a complete response (RFC 9113 8.1).
+        conn.respond(req, hostile.correct(req.query), end_stream=False)
+        conn.reset(req, H2_NO_ERROR)
+
     return {
         "status-500": status_500, "text-plain": text_plain,
         "no-content-type": no_content_type, "oversize-body": oversize,
         "rst-stream": rst_stream, "rst-refused": rst_refused,
         "status-not-digits": status_not_digits, "status-2000": status_2000,
         "wrong-question": wrong_question, "short-body": short_body,
+        "trailer-status": trailer_status, "two-statuses": two_statuses,
+        "body-before-headers": body_before_headers, "rst-no-error": rst_no_error,
     }[kind]
 
 
@@ -497,7 +534,10 @@ class Spoil(Script):
 
 
 STREAM_LIES = ["status-500", "status-not-digits", "status-2000", "text-plain", "no-content-type", "oversize-body",
-               "rst-stream", "rst-refused", "wrong-question", "short-body"]
+               "rst-stream", "rst-refused", "wrong-question", "short-body",
+               "trailer-status", "two-statuses", "body-before-headers", "rst-no-error"]
+# nghttp2 takes DATA before any HEADERS for a connection error, not a stream's.
+CONNECTION_LIES = {"body-before-headers"}
 
 
 @pytest.mark.parametrize("kind", STREAM_LIES)
@@ -510,6 +550,9 @@ def test_spoiled_stream_fails_over_and_the_connection_survives(hostile_h2, upstr
         answers, elapsed = _who(s.port, f"bad{i}-{kind}", tcp=tcp)
         assert answers == ["second"], f"stubborn took the spoiled answer: {answers}"
         assert elapsed < ANSWER_WITHIN, f"answer took {elapsed:.2f}s"
+    if kind in CONNECTION_LIES:
+        assert s.alive()
+        return
     # A fresh stream on the same connection is answered: one stream's lie
     # did not take the others down.
     answers, _ = _who(s.port, f"good-{kind}")
