@@ -240,7 +240,9 @@ dnsmsg_reply_matches(const uint8_t *reply, size_t rlen, const uint8_t *query,
 
 	if (rlen < qend || qend <= DNSMSG_HDR_LEN + 4)
 		return false;
-	if (!(reply[2] & DNS_FLAG_QR) || get16(reply + 4) != 1)
+	/* The opcode is copied into the response (RFC 1035 4.1.1). */
+	if (!(reply[2] & DNS_FLAG_QR) || ((reply[2] ^ query[2]) & 0x78) ||
+	    get16(reply + 4) != 1)
 		return false;
 	/*
 	 * The query's name is known to be well formed, so walking its labels

@@ -80,9 +80,9 @@ size_t	dnsmsg_error_reply(const uint8_t *query, size_t qlen,
 	    size_t outsz);
 
 /*
- * True when reply (rlen bytes) is a response whose single question equals
- * the question of query (which ends at qend): same name ignoring ASCII
- * case, type and class.
+ * True when reply (rlen bytes) is a response with the query's opcode
+ * whose single question equals the question of query (which ends at
+ * qend): same name ignoring ASCII case, type and class.
  */
 bool	dnsmsg_reply_matches(const uint8_t *reply, size_t rlen,
 	    const uint8_t *query, size_t qend);

@@ -52,7 +52,14 @@ def decoys(query):
         hostile.reply(query, "2001:db8::66" if rdtype != dns.rdatatype.AAAA else "192.0.2.66",
                       rdtype="AAAA" if rdtype != dns.rdatatype.AAAA else "A"),
         hostile.reply(query, None, rdclass=dns.rdataclass.CH),
+        # Right ID and question, but another opcode (STATUS): a response
+        # copies the query's (RFC 1035 4.1.1).
+        _opcode(hostile.reply(query, data), 2),
     ]
+
+
+def _opcode(wire, opcode):
+    return wire[:2] + bytes([(wire[2] & 0x87) | (opcode << 3)]) + wire[3:]
 
 
 class DecoysThenTruth(hostile.Script):

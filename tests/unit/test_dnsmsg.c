@@ -489,6 +489,15 @@ reply_matching(void **state)
 	r[2] &= 0x7f;
 	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
 	    QUERY_A_QEND));
+	/* Another opcode (STATUS) than the query's, or any other bits. */
+	r[2] |= 0x80 | (2 << 3);
+	assert_false(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	r[2] &= (uint8_t)~0x78;
+	r[2] |= 0x04;	/* AA: not the question's business */
+	assert_true(dnsmsg_reply_matches(r, sizeof(query_a), query_a,
+	    QUERY_A_QEND));
+	r[2] &= 0x7f;
 	/* A label length that differs ends the comparison safely. */
 	r[2] |= 0x80;
 	r[12] = 60;
