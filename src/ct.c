@@ -90,6 +90,34 @@ take_char(const char **p, char c)
 	return true;
 }
 
+/* Whether day d of month mo (1-12) of year y exists. */
+static bool
+day_exists(int y, int mo, int d)
+{
+	static const int mdays[12] = {
+		31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
+	};
+	int leap = mo == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+
+	return d >= 1 && d <= mdays[mo - 1] + leap;
+}
+
+/* UTC fields as Unix seconds, or -1. */
+static time_t
+utc_seconds(int y, int mo, int d, int h, int mi, int sec)
+{
+	struct tm tm;
+
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec;
+	return timegm(&tm);
+}
+
 /*
  * RFC 3339 5.6, by the letter: every field in its range (the day within
  * its month, a leap second allowed), T and Z in either case (its NOTE).
@@ -97,13 +125,9 @@ take_char(const char **p, char c)
 int
 ct_parse_rfc3339(const char *s, int64_t *ms)
 {
-	static const int mdays[12] = {
-		31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
-	};
 	const char *p = s;
-	struct tm tm;
 	int64_t frac = 0, scale = 100, off = 0;
-	int y, mo, d, h, mi, sec, oh, om, leap;
+	int y, mo, d, h, mi, sec, oh, om;
 	time_t t;
 
 	if ((y = take_digits(&p, 4)) < 0 || !take_char(&p, '-') ||
@@ -113,8 +137,7 @@ ct_parse_rfc3339(const char *s, int64_t *ms)
 	    (mi = take_digits(&p, 2)) < 0 || mi > 59 || !take_char(&p, ':') ||
 	    (sec = take_digits(&p, 2)) < 0 || sec > 60)
 		return -1;
-	leap = mo == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-	if (d > mdays[mo - 1] + leap)
+	if (!day_exists(y, mo, d))
 		return -1;
 	if (*p == '.') {
 		if (!isdigit((unsigned char)p[1]))
@@ -137,16 +160,46 @@ ct_parse_rfc3339(const char *s, int64_t *ms)
 		return -1;
 	if (*p != '\0')
 		return -1;
-	memset(&tm, 0, sizeof(tm));
-	tm.tm_year = y - 1900;
-	tm.tm_mon = mo - 1;
-	tm.tm_mday = d;
-	tm.tm_hour = h;
-	tm.tm_min = mi;
-	tm.tm_sec = sec;
-	if ((t = timegm(&tm)) == (time_t)-1)
+	if ((t = utc_seconds(y, mo, d, h, mi, sec)) == (time_t)-1)
 		return -1;
 	*ms = ((int64_t)t - off) * 1000 + frac;
+	return 0;
+}
+
+/*
+ * An HTTP-date in the IMF-fixdate form every current server sends (RFC
+ * 9110 5.6.7): "Sun, 06 Nov 1994 08:49:37 GMT", each field in its range
+ * and the weekday the date's own.  Trailing blanks aside, nothing else.
+ */
+int
+ct_parse_http_date(const char *s, int64_t *ms)
+{
+	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+	static const char days[] = "ThuFriSatSunMonTueWed";	/* from 1970 */
+	const char *p = s + 5;
+	int y, mo, d, h, mi, sec;
+	time_t t;
+
+	if (strlen(s) < 29 || s[3] != ',' || s[4] != ' ' ||
+	    (d = take_digits(&p, 2)) < 0 || *p++ != ' ')
+		return -1;
+	for (mo = 1; mo <= 12; mo++)
+		if (strncmp(p, months + (mo - 1) * 3, 3) == 0)
+			break;
+	p += 3;
+	if (mo > 12 || *p++ != ' ' || (y = take_digits(&p, 4)) < 1970 ||
+	    *p++ != ' ' || (h = take_digits(&p, 2)) < 0 || h > 23 ||
+	    *p++ != ':' || (mi = take_digits(&p, 2)) < 0 || mi > 59 ||
+	    *p++ != ':' || (sec = take_digits(&p, 2)) < 0 || sec > 60 ||
+	    strncmp(p, " GMT", 4) != 0 || !day_exists(y, mo, d))
+		return -1;
+	for (p += 4; *p == ' ' || *p == '\t' || *p == '\r'; p++)
+		;
+	if (*p != '\0' ||
+	    (t = utc_seconds(y, mo, d, h, mi, sec)) == (time_t)-1 ||
+	    strncmp(s, days + (t / 86400) % 7 * 3, 3) != 0)
+		return -1;
+	*ms = (int64_t)t * 1000;
 	return 0;
 }
 
@@ -482,6 +535,27 @@ done:
  */
 #define FUTURE_SLACK_MS	(86400 * 1000LL)
 
+/* Whether the file at path holds exactly the len bytes at json. */
+static bool
+same_bytes(const char *path, const char *json, size_t len)
+{
+	char chunk[8192];
+	const char *why;
+	size_t off = 0, n;
+	FILE *fp;
+	bool same = true;
+
+	if ((fp = sandbox_fopen_regular(path, &why)) == NULL)
+		return false;
+	while (same && (n = fread(chunk, 1, sizeof(chunk), fp)) > 0) {
+		same = n <= len - off && memcmp(chunk, json + off, n) == 0;
+		off += n;
+	}
+	same = same && !ferror(fp) && off == len;
+	fclose(fp);
+	return same;
+}
+
 int
 ct_loglist_install(const char *path, const char *json, size_t len,
     const char *origin, int64_t served_ms, int64_t installed_ms,
@@ -501,9 +575,10 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 		 * every day, and a replayed one newer than the list in place.
 		 */
 		if (served_ms <= 0) {
-			fprintf(errs, "%s: no log_list_timestamp, and no "
-			    "Last-Modified from the server: the list's age "
-			    "cannot be told\n", origin);
+			fprintf(errs, "%s: no log_list_timestamp, and %s from "
+			    "the server: the list's age cannot be told\n",
+			    origin, served_ms == 0 ? "no Last-Modified" :
+			    "a Last-Modified that is no HTTP date");
 			goto done;
 		}
 		list->timestamp_ms = served_ms;
@@ -521,8 +596,13 @@ ct_loglist_install(const char *path, const char *json, size_t len,
 		    when);
 		goto done;
 	} else if (list->timestamp_ms < installed_ms &&
-	    installed_ms - now_ms <= FUTURE_SLACK_MS) {
-		/* A mirror gone stale, or someone serving an old list. */
+	    installed_ms - now_ms <= FUTURE_SLACK_MS &&
+	    !same_bytes(path, json, len)) {
+		/*
+		 * A mirror gone stale, or someone serving an old list.  The
+		 * very list in place is no rollback: placed by hand, and so
+		 * dated by when it was, it is dated by its server from now on.
+		 */
 		fprintf(errs, "%s: the list is of %s, older than the one "
 		    "installed (%s)\n", origin, when,
 		    ct_format_time(installed_ms, then, sizeof(then)));

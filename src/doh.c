@@ -52,6 +52,7 @@ struct doh_stream {
 	size_t			 req_off;
 	int			 status;
 	bool			 final;		/* a status past 1xx is in */
+	bool			 head_done;	/* its block: now trailers */
 	bool			 malformed;	/* RFC 9113 8.1 */
 	bool			 ended;		/* END_STREAM came */
 	bool			 ctype_ok;
@@ -308,11 +309,17 @@ on_header_cb(nghttp2_session *h2, const nghttp2_frame *frame,
 	    (st = nghttp2_session_get_stream_user_data(h2,
 	    frame->hd.stream_id)) == NULL)
 		return 0;
+	if (st->head_done) {
+		/* Trailers: no pseudo-header, and nothing else counts. */
+		if (namelen > 0 && name[0] == ':')
+			st->malformed = true;
+		return 0;
+	}
 	if (namelen > 0 && name[0] == ':') {
 		/*
-		 * One :status per response, none in trailers, and no other
-		 * pseudo-header (RFC 9113 8.1, 8.3.2): nghttp2's own checks
-		 * are off (see h2_option).
+		 * One :status per response and no other pseudo-header (RFC
+		 * 9113 8.1, 8.3.2): nghttp2's own checks are off (see
+		 * h2_option).
 		 */
 		if (namelen != 7 || memcmp(name, ":status", 7) != 0 ||
 		    st->final) {
@@ -327,8 +334,12 @@ on_header_cb(nghttp2_session *h2, const nghttp2_frame *frame,
 			    (value[1] - '0') * 10 + (value[2] - '0');
 		/* An informational response (103) precedes the final one. */
 		st->final = st->status < 100 || st->status >= 200;
-	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
-		/* The type, parameters (if any) aside, case-insensitive. */
+	} else if (st->final && namelen == 12 &&
+	    memcmp(name, "content-type", 12) == 0) {
+		/*
+		 * The final response's own type (not a 1xx's), parameters
+		 * aside, case-insensitive.
+		 */
 		size_t l = strlen(DNS_MESSAGE);
 
 		st->ctype_ok = valuelen >= l &&
@@ -442,16 +453,21 @@ on_frame_recv_cb(nghttp2_session *h2, const nghttp2_frame *frame, void *arg)
 
 	/*
 	 * Only END_STREAM ends a response: RST_STREAM(NO_ERROR) may follow
-	 * one, never cut it short (RFC 9113 8.1).
+	 * one, never cut it short (RFC 9113 8.1).  After the final status's
+	 * block, header fields are trailers.
 	 */
-	if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-	    (frame->hd.type == NGHTTP2_DATA ||
-	    frame->hd.type == NGHTTP2_HEADERS)) {
+	if (frame->hd.type == NGHTTP2_HEADERS ||
+	    (frame->hd.type == NGHTTP2_DATA &&
+	    (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))) {
 		struct doh_stream *st = nghttp2_session_get_stream_user_data(h2,
 		    frame->hd.stream_id);
 
-		if (st != NULL)
-			st->ended = true;
+		if (st != NULL) {
+			if (frame->hd.type == NGHTTP2_HEADERS && st->final)
+				st->head_done = true;
+			if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+				st->ended = true;
+		}
 	} else if (frame->hd.type == NGHTTP2_PING &&
 	    (frame->hd.flags & NGHTTP2_FLAG_ACK))
 		dc->ping_out = false;

@@ -283,8 +283,11 @@ tcp_client_flow(struct tcp_client *tc)
 	    inflight >= TCP_INFLIGHT_MAX || unsent >= TCP_UNSENT_MAX;
 	if (full != tc->paused && !tc->l->stopped) {
 		tc->paused = full;
-		if (full)
+		if (full) {
 			bufferevent_disable(tc->bev, EV_READ);
+			/* Not the client's slowness: stubborn stopped reading. */
+			evtimer_del(tc->partial);
+		}
 		else {
 			if (!tc->eof)
 				bufferevent_enable(tc->bev, EV_READ);
@@ -329,7 +332,9 @@ tcp_client_close(struct tcp_client *tc)
 /*
  * The idle timeout restarts with every byte, so a client could hold a
  * connection for ever by sending one a second.  A query begun must be
- * whole within the idle time of the one before it, however its bytes come.
+ * whole within the idle time, counted from its first byte read (or from
+ * the last query whole, when both came in one read), however its bytes
+ * come.  While stubborn itself does not read, the time does not run.
  */
 static void
 tcp_partial_watch(struct tcp_client *tc, bool progress)
@@ -344,7 +349,7 @@ tcp_partial_watch(struct tcp_client *tc, bool progress)
 }
 
 static void
-tcp_partial_cb(evutil_socket_t fd, short events, void *arg)
+tcp_partial_timo(evutil_socket_t fd, short events, void *arg)
 {
 	struct tcp_client *tc = arg;
 
@@ -450,7 +455,7 @@ tcp_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
 	tc->addrlen = (socklen_t)salen;
 	tc->allowed = allowed(l, sa);
 	tc->bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	tc->partial = evtimer_new(l->base, tcp_partial_cb, tc);
+	tc->partial = evtimer_new(l->base, tcp_partial_timo, tc);
 	if (tc->bev == NULL || tc->partial == NULL) {
 		if (tc->bev != NULL)
 			bufferevent_free(tc->bev);

@@ -160,14 +160,20 @@ static void
 log_crypto_at(int pri, const char *what)
 {
 	char buf[256], all[1024] = "";
+	const char *data;
 	unsigned long e;
 	size_t used = 0;
+	int flags;
 
-	while ((e = ERR_get_error()) != 0) {
+	while ((e = ERR_get_error_all(NULL, NULL, NULL, &data,
+	    &flags)) != 0) {
 		ERR_error_string_n(e, buf, sizeof(buf));
 		if (used < sizeof(all) - 1) {
+			/* The detail (a file name, what was not regular). */
 			int n = snprintf(all + used, sizeof(all) - used,
-			    "%s%s", used ? "; " : "", buf);
+			    "%s%s%s%s", used ? "; " : "", buf,
+			    (flags & ERR_TXT_STRING) && *data ? " " : "",
+			    (flags & ERR_TXT_STRING) ? data : "");
 			if (n > 0)
 				used += (size_t)n;
 		}

@@ -152,9 +152,19 @@ tls_store_load(X509_STORE *store, const char *ca_file)
 	const char *file, *dir;
 	bool any = false;
 
-	if (ca_file != NULL)
-		return X509_STORE_load_file(store, sandbox_path(ca_file)) == 1 ?
-		    0 : -1;
+	if (ca_file != NULL) {
+		const char *path = sandbox_path(ca_file), *why;
+		FILE *fp = sandbox_fopen_regular(path, &why);
+
+		/* OpenSSL would wait on a FIFO for ever. */
+		if (fp == NULL && (errno == EINVAL || errno == EISDIR)) {
+			ERR_raise_data(ERR_LIB_SYS, errno, "%s", why);
+			return -1;
+		}
+		if (fp != NULL)
+			fclose(fp);
+		return X509_STORE_load_file(store, path) == 1 ? 0 : -1;
+	}
 	/* The same places and environment overrides as the defaults. */
 	if ((file = getenv(X509_get_default_cert_file_env())) == NULL)
 		file = X509_get_default_cert_file();
@@ -727,42 +737,6 @@ unchunk(char *b, size_t len)
 	}
 }
 
-/*
- * An HTTP-date in the IMF-fixdate form every current server sends (RFC
- * 9110 5.6.7), "Sun, 06 Nov 1994 08:49:37 GMT", as Unix ms; 0 if it is
- * not one.
- */
-static int64_t
-http_date(const char *s)
-{
-	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-	static const char days[] = "SunMonTueWedThuFriSat";
-	char wday[4], mon[4];
-	const char *m;
-	struct tm tm;
-	time_t t;
-	int end = 0;
-
-	memset(&tm, 0, sizeof(tm));
-	while (*s == ' ' || *s == '\t')
-		s++;
-	if (sscanf(s, "%3[A-Za-z], %2d %3[A-Za-z] %4d %2d:%2d:%2d GMT%n",
-	    wday, &tm.tm_mday, mon, &tm.tm_year, &tm.tm_hour, &tm.tm_min,
-	    &tm.tm_sec, &end) != 7 || end == 0 ||
-	    strspn(s + end, " \t\r") != strlen(s + end) ||
-	    strlen(wday) != 3 || strstr(days, wday) == NULL ||
-	    strlen(mon) != 3 || (m = strstr(months, mon)) == NULL ||
-	    (m - months) % 3 != 0 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
-	    tm.tm_year < 1970 || tm.tm_hour > 23 || tm.tm_min > 59 ||
-	    tm.tm_sec > 60)
-		return 0;
-	tm.tm_mon = (int)((m - months) / 3);
-	tm.tm_year -= 1900;
-	if ((t = timegm(&tm)) == (time_t)-1 || t <= 0)
-		return 0;
-	return (int64_t)t * 1000;
-}
-
 int
 tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
     int64_t *modified_ms, char *err, size_t errsz)
@@ -832,12 +806,16 @@ tls_client_get(struct tls_client *tc, size_t max, char **body, size_t *len,
 			goto short_answer;	/* cut off: never install it */
 		if (strncasecmp(h + 2, "last-modified:", 14) == 0) {
 			char *eol = strstr(h + 16, "\r\n"), save = '\0';
+			const char *v = h + 16;
 
 			if (eol != NULL) {
 				save = *eol;
 				*eol = '\0';
 			}
-			*modified_ms = http_date(h + 16);
+			while (*v == ' ' || *v == '\t')
+				v++;
+			if (ct_parse_http_date(v, modified_ms) != 0)
+				*modified_ms = -1;	/* there, not usable */
 			if (eol != NULL)
 				*eol = save;
 		}

@@ -17,12 +17,12 @@
 
 #define BACKOFF_MAX_SEC		60
 /*
- * While no upstream is up, a down one is tried again once this much of
- * its backoff is over: clients get answers within seconds of an
- * upstream's return, and SERVFAIL at once in between, not a handshake
- * (and a wait for a silent server) each.
+ * A query with no other upstream left to ask tries a down one once this
+ * much of its backoff is over: with every upstream down, clients get
+ * answers within seconds of one's return, and SERVFAIL at once in
+ * between, not a handshake (and a wait for a silent server) each.
  */
-#define ALL_DOWN_RETRY_SEC	5
+#define LAST_RESORT_SEC		5
 #define FAILURES_DOWN		3	/* in a row mark it down */
 
 const double upstream_rtt_bounds[UPSTREAM_RTT_BUCKETS] = {
@@ -281,7 +281,8 @@ upstream_pool_healthy(struct upstream_pool *pool)
 	for (i = 0; i < pool->n; i++) {
 		struct upstream *up = &pool->ups[i];
 
-		if (up->conn == NULL && usable(up, now, false))
+		/* As a query would: every one is down. */
+		if (up->conn == NULL && usable(up, now, true))
 			up->conn = up->ops->open(up, pool->base);
 	}
 	return false;
@@ -353,7 +354,7 @@ none_up(const struct upstream_pool *pool)
 }
 
 static bool
-usable(struct upstream *up, uint64_t now_ms, bool none_up)
+usable(struct upstream *up, uint64_t now_ms, bool last_resort)
 {
 	uint64_t early;
 
@@ -361,8 +362,8 @@ usable(struct upstream *up, uint64_t now_ms, bool none_up)
 	case UPSTREAM_UP:
 		return true;
 	case UPSTREAM_DOWN:
-		early = none_up && up->backoff_sec > ALL_DOWN_RETRY_SEC ?
-		    (up->backoff_sec - ALL_DOWN_RETRY_SEC) * 1000ULL : 0;
+		early = last_resort && up->backoff_sec > LAST_RESORT_SEC ?
+		    (up->backoff_sec - LAST_RESORT_SEC) * 1000ULL : 0;
 		return now_ms + early >= up->retry_at_ms;
 	case UPSTREAM_QUARANTINED:
 		if (time(NULL) < up->quarantine_until)
@@ -381,7 +382,7 @@ upstream_pick(struct upstream_pool *pool, uint64_t tried, bool up_only)
 {
 	uint64_t now = upstream_now_ms();
 	struct upstream *best = NULL;
-	bool down_all;
+	int pass;
 	size_t i;
 
 	/* fastest: the healthy one with the lowest RTT; unmeasured first. */
@@ -397,13 +398,14 @@ upstream_pick(struct upstream_pool *pool, uint64_t tried, bool up_only)
 		if (best != NULL)
 			return best;
 	}
-	down_all = none_up(pool);
-	for (i = 0; i < pool->n; i++) {
-		struct upstream *up = &pool->ups[i];
+	for (pass = 0; pass < (up_only ? 1 : 2); pass++) {
+		for (i = 0; i < pool->n; i++) {
+			struct upstream *up = &pool->ups[i];
 
-		if (!(tried & ((uint64_t)1 << i)) && (up_only ?
-		    up->state == UPSTREAM_UP : usable(up, now, down_all)))
-			return up;
+			if (!(tried & ((uint64_t)1 << i)) && (up_only ?
+			    up->state == UPSTREAM_UP : usable(up, now, pass == 1)))
+				return up;
+		}
 	}
 	return NULL;
 }
@@ -482,10 +484,10 @@ mark_down(struct upstream *up, const char *why)
 	if (up->state == UPSTREAM_DOWN)
 		return;
 	up->state = UPSTREAM_DOWN;
-	if (up->backoff_sec > ALL_DOWN_RETRY_SEC && none_up(up->pool))
-		log_warnx("upstream %s: down (%s); retry in %u s, or in %d "
+	if (up->backoff_sec > LAST_RESORT_SEC && none_up(up->pool))
+		log_warnx("upstream %s: down (%s); retry in %u s, or in %d s "
 		    "while no upstream is up", up->conf->name, why,
-		    up->backoff_sec, ALL_DOWN_RETRY_SEC);
+		    up->backoff_sec, LAST_RESORT_SEC);
 	else
 		log_warnx("upstream %s: down (%s); retry in %u s",
 		    up->conf->name, why, up->backoff_sec);

@@ -181,6 +181,9 @@ STACK_OF(SCT) *ct_embedded_scts(X509 *cert);
 /* Parse an RFC 3339 time ("2025-08-21T12:40:00Z") into ms; 0 or -1. */
 int	ct_parse_rfc3339(const char *s, int64_t *ms);
 
+/* Parse an HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT") into ms; 0 or -1. */
+int	ct_parse_http_date(const char *s, int64_t *ms);
+
 /* Format ms as RFC 3339 in UTC into buf. */
 const char *ct_format_time(int64_t ms, char *buf, size_t bufsz);
 

@@ -130,7 +130,8 @@ int	tls_client_open(struct tls_client *tc, const char *url,
 /*
  * HTTP/1.1 GET of the URL's path on an open client: the body of a 200
  * answer, at most max bytes, into *body (free() it), and its
- * Last-Modified date as Unix ms into *modified_ms (0 without one).
+ * Last-Modified date as Unix ms into *modified_ms (0 without one, -1
+ * for one that is no HTTP date).
  * Returns 0 or -1 with err set.
  */
 int	tls_client_get(struct tls_client *tc, size_t max, char **body,

@@ -122,9 +122,10 @@ void	upstream_pool_drop_denied(struct upstream_pool *pool);
 
 /*
  * The first usable upstream in conf order that is not in tried (a bit
- * per index): UP, or DOWN with its backoff over; failing those, any DOWN
- * one (better a retry than SERVFAIL).  Never a quarantined one.  NULL
- * when none is left.  With up_only, an UP one or NULL: for a second
+ * per index): UP, or DOWN with its backoff over; failing those, a DOWN
+ * one with 5 s of its backoff over (better a retry than SERVFAIL, but
+ * not a handshake per query).  Never a quarantined one.  NULL when none
+ * is left.  With up_only, an UP one or NULL: for a second
  * opinion, worth asking only of an upstream known to answer.
  */
 struct upstream *upstream_pick(struct upstream_pool *pool, uint64_t tried,

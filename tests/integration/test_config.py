@@ -206,13 +206,18 @@ def test_check_config_loads_the_trust_stores_as_run_does(stubborn_bin, tmp_path)
     empty.write_text("")
     other = tmp_path / "other.pem"
     other.write_text("not a certificate\n")
+    # A FIFO would block OpenSSL's read for ever.
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo)
     conf = tmp_path / "ca.conf"
     # Two upstreams share [trust]'s, a third names its own.
     conf.write_text(f"[trust]\nca-file = {empty}\nct = off\n"
                     "[upstream a]\nurl = tls://dns.test\naddress = 127.0.0.2\n"
                     "[upstream b]\nurl = tls://dns.test\naddress = 127.0.0.3\n"
                     "[upstream c]\nurl = tls://dns.test\naddress = 127.0.0.4\n"
-                    f"ca-file = {other}\n")
+                    f"ca-file = {other}\n"
+                    "[upstream d]\nurl = tls://dns.test\naddress = 127.0.0.5\n"
+                    f"ca-file = {fifo}\n")
     for cmd in (["check-config"], ["run", "-f"]):
         p = _run([stubborn_bin] + cmd + ["-c", str(conf)])
         assert p.returncode == 2, (cmd, p.returncode, p.stdout, p.stderr)
@@ -221,6 +226,9 @@ def test_check_config_loads_the_trust_stores_as_run_does(stubborn_bin, tmp_path)
                               "from it") == 1, (cmd, p.stderr)
         assert p.stderr.count(f"{conf}:13: ca-file {other}: no certificate loads "
                               "from it") == 1, (cmd, p.stderr)
+        assert p.stderr.count(f"{conf}:17: ca-file {fifo}: no certificate loads "
+                              "from it") == 1, (cmd, p.stderr)
+        assert "not a regular file" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("flag,word", [("--help", "usage: stubborn"),

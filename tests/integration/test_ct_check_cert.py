@@ -244,6 +244,7 @@ def _bad_inputs(universe, tmp):
         # A plain open of a FIFO would wait for a writer for ever.
         "chain-fifo": dict(chain=fifo),
         "log-list-fifo": dict(chain=chain, log_list=fifo),
+        "ca-file-fifo": dict(chain=chain, ca_file=fifo),
     }
 
 
@@ -251,7 +252,7 @@ BAD_INPUT = ["chain-missing", "chain-not-pem", "chain-empty", "chain-truncated-d
              "at-words", "at-bad-date", "at-empty", "at-past-year-9999", "host-empty", "host-two-dots",
              "pin-not-base64", "pin-wrong-algorithm",
              "log-list-missing", "policy-unknown", "ca-file-missing", "ca-file-not-pem",
-             "chain-fifo", "log-list-fifo"]
+             "chain-fifo", "log-list-fifo", "ca-file-fifo"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)

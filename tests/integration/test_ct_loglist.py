@@ -54,7 +54,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         if modified:
-            self.send_header("Last-Modified", email.utils.formatdate(modified[0], usegmt=True))
+            m = modified[0]
+            self.send_header("Last-Modified", m if isinstance(m, str)
+                             else email.utils.formatdate(m, usegmt=True))
         self.end_headers()
         self.wfile.write(body)
 
@@ -162,16 +164,20 @@ def web(tmp_path_factory, universe, ipv6):
     # Inside the day of clock skew allowed.
     soon = json.dumps(universe.log_list(timestamp=universe.now + 12 * 3600)).encode() + b"\n"
 
-    def undated(ll):
-        del ll["log_list_timestamp"]
-        ll["assetVersion"] = 7
+    def undated(version):
+        def edit(ll):
+            del ll["log_list_timestamp"]
+            ll["assetVersion"] = version
+        return edit
     # Apple's layout: no log_list_timestamp, so the server's Last-Modified.
-    apple = json.dumps(universe.log_list(edit=undated)).encode() + b"\n"
+    apple = json.dumps(universe.log_list(edit=undated(7))).encode() + b"\n"
+    apple_old = json.dumps(universe.log_list(edit=undated(6))).encode() + b"\n"
     routes = {
         "/apple.json": ("application/json", apple, universe.now - 2 * DAY),
-        "/apple-old.json": ("application/json", apple, universe.now - 5 * DAY),
+        "/apple-old.json": ("application/json", apple_old, universe.now - 5 * DAY),
         "/apple-stale.json": ("application/json", apple, universe.now - 100 * DAY),
         "/apple-undated.json": ("application/json", apple),
+        "/apple-baddate.json": ("application/json", apple, "yesterday"),
         "/": ("application/json", good),
         "/log_list.json": ("application/json", good),
         "/soon.json": ("application/json", soon),
@@ -426,6 +432,7 @@ def test_a_list_without_its_own_date_is_dated_by_last_modified(stubborn_bin, uni
     conf = _conf(tmp_path, universe, target)
     ok = web["servers"]["ok"]
     for path, why in (("/apple-undated.json", "no log_list_timestamp, and no Last-Modified"),
+                      ("/apple-baddate.json", "a Last-Modified that is no HTTP date"),
                       ("/apple-stale.json", "100 days old: past ct-max-list-age")):
         p = _update(stubborn_bin, web, ok.url(path), conf)
         assert p.returncode == 1, (path, p.returncode, p.stdout, p.stderr)
@@ -451,9 +458,16 @@ def test_a_list_without_its_own_date_is_dated_by_last_modified(stubborn_bin, uni
     assert p.returncode == 1 and "older than the one installed" in p.stderr, p.stderr
     assert target.read_bytes() == before
     assert sorted(os.listdir(lists)) == ["log_list.json"]
-    # And the newer dated list replaces the undated one.
+    # The same list put in place by hand (dated by the copy, today) is no
+    # rollback: fetched again, it is dated by its server.
     target.write_bytes(web["apple"])
-    os.utime(target, (universe.now - 2 * DAY, universe.now - 2 * DAY))
+    p = _update(stubborn_bin, web, ok.url("/apple.json"), conf)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert int(target.stat().st_mtime) == universe.now - 2 * DAY
+    # But another list older than it is.
+    p = _update(stubborn_bin, web, ok.url("/apple-old.json"), conf)
+    assert p.returncode == 1 and "older than the one installed" in p.stderr, p.stderr
+    # And the newer dated list replaces the undated one.
     p = _update(stubborn_bin, web, ok.url("/log_list.json"), conf)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
     assert target.read_bytes() == web["good"]
@@ -469,6 +483,11 @@ def test_a_list_url_naming_an_ip_address_is_refused(stubborn_bin, universe, web,
     assert "URL needs a hostname, not an IP address\n" in p.stderr, p.stderr
     assert "address =" not in p.stderr, p.stderr
     assert target.read_bytes() == before
+    # pin takes the address with --address, not from the conf either.
+    p = _run([stubborn_bin, "pin", "https://[::1]/dns-query", "-c", str(conf)])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "URL needs a hostname, not an IP address\n" in p.stderr, p.stderr
+    assert "address =" not in p.stderr, p.stderr
 
 
 def test_check_config_warns_about_a_stale_list(stubborn_bin, universe, tmp_path):

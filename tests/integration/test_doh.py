@@ -491,16 +491,27 @@ def _act(kind):
         conn.open_streams.discard(req.stream_id)
         conn.flush()
 
-    def body_before_headers(conn, req):
-        # DATA before any HEADERS: a response without a status.
-        from hyperframe.frame import DataFrame, HeadersFrame
+    def body_after_103(conn, req):
+        # The body comes after an informational response, before the final
+        # one: no body of a response with status 200.
         body = hostile.correct(req.query)
+        conn.h2.send_headers(req.stream_id, [(":status", "103")])
+        conn.h2.send_data(req.stream_id, body)
+        conn.h2.send_headers(req.stream_id, [(":status", "200"),
+                                             ("content-type", "application/dns-message")],
+                             end_stream=True)
+        conn.open_streams.discard(req.stream_id)
         conn.flush()
-        conn.sock.sendall(DataFrame(req.stream_id, data=body).serialize())
-        block = conn.h2.encoder.encode([(":status", "200"),
-                                         ("content-type", "application/dns-message")])
-        conn.sock.sendall(HeadersFrame(req.stream_id, data=block,
-                                       flags=["END_HEADERS", "END_STREAM"]).serialize())
+
+    def type_in_trailers(conn, req):
+        # The final response's type is wrong; trailers saying otherwise
+        # are not the response's headers.
+        conn.respond(req, hostile.correct(req.query), content_type="text/html",
+                     end_stream=False)
+        conn.h2.send_headers(req.stream_id, [("content-type", "application/dns-message")],
+                             end_stream=True)
+        conn.open_streams.discard(req.stream_id)
+        conn.flush()
 
     def rst_no_error(conn, req):
         # The whole answer, but no END_STREAM: RST_STREAM(NO_ERROR) ends
@@ -515,7 +526,8 @@ def _act(kind):
         "status-not-digits": status_not_digits, "status-2000": status_2000,
         "wrong-question": wrong_question, "short-body": short_body,
         "trailer-status": trailer_status, "two-statuses": two_statuses,
-        "body-before-headers": body_before_headers, "rst-no-error": rst_no_error,
+        "body-after-103": body_after_103, "type-in-trailers": type_in_trailers,
+        "rst-no-error": rst_no_error,
     }[kind]
 
 
@@ -535,9 +547,8 @@ class Spoil(Script):
 
 STREAM_LIES = ["status-500", "status-not-digits", "status-2000", "text-plain", "no-content-type", "oversize-body",
                "rst-stream", "rst-refused", "wrong-question", "short-body",
-               "trailer-status", "two-statuses", "body-before-headers", "rst-no-error"]
-# nghttp2 takes DATA before any HEADERS for a connection error, not a stream's.
-CONNECTION_LIES = {"body-before-headers"}
+               "trailer-status", "two-statuses", "body-after-103", "type-in-trailers",
+               "rst-no-error"]
 
 
 @pytest.mark.parametrize("kind", STREAM_LIES)
@@ -550,9 +561,6 @@ def test_spoiled_stream_fails_over_and_the_connection_survives(hostile_h2, upstr
         answers, elapsed = _who(s.port, f"bad{i}-{kind}", tcp=tcp)
         assert answers == ["second"], f"stubborn took the spoiled answer: {answers}"
         assert elapsed < ANSWER_WITHIN, f"answer took {elapsed:.2f}s"
-    if kind in CONNECTION_LIES:
-        assert s.alive()
-        return
     # A fresh stream on the same connection is answered: one stream's lie
     # did not take the others down.
     answers, _ = _who(s.port, f"good-{kind}")
@@ -570,6 +578,33 @@ def test_spoiled_stream_fails_over_and_the_connection_survives(hostile_h2, upstr
         assert at - first_bad.at < 1.0, f"reset {at - first_bad.at:.2f}s after the request"
     assert s.alive()
 
+
+
+class Informational(Script):
+    """A 103 before the final 200, and trailers after the body: both
+    allowed (RFC 9113 8.1), neither the response's status or type."""
+
+    def on_request(self, conn, req):
+        body = hostile.correct(req.query)
+        conn.h2.send_headers(req.stream_id, [(":status", "103"), ("link", "</x>")])
+        conn.h2.send_headers(req.stream_id, [(":status", "200"),
+                                             ("content-type", "application/dns-message"),
+                                             ("content-length", str(len(body)))])
+        conn.h2.send_data(req.stream_id, body)
+        conn.h2.send_headers(req.stream_id, [("x-trailer", "1")], end_stream=True)
+        conn.open_streams.discard(req.stream_id)
+        conn.flush()
+
+
+def test_informational_response_and_trailers_are_taken(hostile_h2, upstream, stubborn):
+    h = hostile_h2(Informational())
+    second = upstream("second", transports=("doh",))
+    s = stubborn([h.spec(), second.spec()])
+    for i, tcp in enumerate((False, True)):
+        answers, _ = _who(s.port, f"info{i}", tcp=tcp)
+        assert answers == HOSTILE_TXT
+    assert second.queries_seen() == 0, second.queries()
+    assert s.alive()
 
 
 def test_upstream_whose_answers_keep_failing_is_marked_down(hostile_h2, upstream, stubborn):

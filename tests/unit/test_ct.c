@@ -218,6 +218,49 @@ apple_policy(void **state)
 }
 
 static void
+http_date(void **state)
+{
+	int64_t ms;
+
+	(void)state;
+	assert_int_equal(ct_parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT",
+	    &ms), 0);
+	assert_int_equal(ms, 784111777000LL);
+	assert_int_equal(ct_parse_http_date("Thu, 21 Aug 2025 12:40:00 GMT \r",
+	    &ms), 0);
+	assert_int_equal(ms, REALWORLD_AT);
+	assert_int_equal(ct_parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT",
+	    &ms), 0);
+	/* The weekday is the date's; the day exists; exact blanks. */
+	assert_int_equal(ct_parse_http_date("Mon, 06 Nov 1994 08:49:37 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("unM, 06 Nov 1994 08:49:37 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sat, 31 Feb 2024 00:00:00 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun,06 Nov 1994 08:49:37 GMT ",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun, 06 Nov 1994 08:49:37GMT ",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun, +6 Nov 1994 08:49:37 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun, 06 nov 1994 08:49:37 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun, 06 Nov 1994 24:49:37 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun, 06 Nov 1994 08:49:37 GMTx",
+	    &ms), -1);
+	/* The obsolete forms (RFC 850, asctime) are not taken. */
+	assert_int_equal(ct_parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT",
+	    &ms), -1);
+	assert_int_equal(ct_parse_http_date("Sun Nov  6 08:49:37 1994", &ms),
+	    -1);
+	assert_int_equal(ct_parse_http_date("", &ms), -1);
+}
+
+static void
 rfc3339(void **state)
 {
 	int64_t ms;
@@ -493,6 +536,7 @@ main(void)
 		cmocka_unit_test(chrome_tls_and_ocsp),
 		cmocka_unit_test(chrome_previous_operator),
 		cmocka_unit_test(apple_policy),
+		cmocka_unit_test(http_date),
 		cmocka_unit_test(rfc3339),
 		cmocka_unit_test(loglist_parse),
 		cmocka_unit_test(loglist_rejects),
