@@ -267,6 +267,7 @@ upstream_pool_ct_list(const struct upstream_pool *pool)
 	return pool->ct_list;
 }
 
+static bool	none_up(const struct upstream_pool *);
 static bool	usable(struct upstream *, uint64_t, bool);
 
 bool
@@ -275,9 +276,8 @@ upstream_pool_healthy(struct upstream_pool *pool)
 	uint64_t now = upstream_now_ms();
 	size_t i;
 
-	for (i = 0; i < pool->n; i++)
-		if (pool->ups[i].state == UPSTREAM_UP)
-			return true;
+	if (!none_up(pool))
+		return true;
 	for (i = 0; i < pool->n; i++) {
 		struct upstream *up = &pool->ups[i];
 
