@@ -769,6 +769,19 @@ at_most(struct parse_ctx *ctx, const char *err, const char *v, long *out,
 	return err;
 }
 
+/* A duration whose 0 would quietly turn a safeguard off. */
+static const char *
+above_zero(struct parse_ctx *ctx, const char *err, const char *v,
+    const long *out, const char *why)
+{
+	if (err == NULL && *out == 0) {
+		snprintf(ctx->msg, sizeof(ctx->msg), "'%s' must be more than "
+		    "0: %s", v, why);
+		return ctx->msg;
+	}
+	return err;
+}
+
 static const char *
 p_cache_size(struct parse_ctx *ctx, const char *v)
 {
@@ -852,15 +865,19 @@ p_ct_log_list_url(struct parse_ctx *ctx, const char *v)
 static const char *
 p_ct_max_list_age(struct parse_ctx *ctx, const char *v)
 {
-	return parse_duration(ctx, v, &ctx->cfg->ct_max_list_age);
+	return above_zero(ctx, parse_duration(ctx, v,
+	    &ctx->cfg->ct_max_list_age), v, &ctx->cfg->ct_max_list_age,
+	    "every list would be stale, and CT report-only for good");
 }
 
 static const char *
 p_quarantine(struct parse_ctx *ctx, const char *v)
 {
 	/* A century is "for good"; more would overflow the clock's sum. */
-	return at_most(ctx, parse_duration(ctx, v, &ctx->cfg->quarantine), v,
-	    &ctx->cfg->quarantine, CONFIG_QUARANTINE_MAX);
+	return above_zero(ctx, at_most(ctx, parse_duration(ctx, v,
+	    &ctx->cfg->quarantine), v, &ctx->cfg->quarantine,
+	    CONFIG_QUARANTINE_MAX), v, &ctx->cfg->quarantine, "an upstream "
+	    "that fails the gate would be tried again at the next query");
 }
 
 static const char *

@@ -157,6 +157,7 @@ denylist_add(const char *path, const struct pin *key, const char *note)
 	char lockpath[4096], pin[TRUST_PIN_STR_MAX], *old = NULL, *buf = NULL;
 	struct pin *keys;
 	size_t n, oldlen = 0, len;
+	const char *why;
 	FILE *fp;
 	int lock, rc = -1;
 
@@ -177,7 +178,13 @@ denylist_add(const char *path, const struct pin *key, const char *note)
 		goto out;
 	}
 	free(keys);
-	if ((fp = fopen(path, "r")) != NULL) {
+	/* Read again as loaded: a list that cannot be is never rewritten. */
+	if ((fp = sandbox_fopen_regular(path, &why)) == NULL) {
+		if (errno != ENOENT) {
+			log_warnx("deny list %s: %s", path, why);
+			goto out;
+		}
+	} else {
 		FILE *mem = open_memstream(&old, &oldlen);
 		char chunk[4096];
 		size_t got;

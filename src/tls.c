@@ -186,8 +186,12 @@ tls_store_load(X509_STORE *store, const char *ca_file)
  * its buffer for every record: with small records, most of the work.)
  * tls_drain hands on what the buffer holds, which no socket event will.
  */
+/* A private BIO_ctrl: the socket's last hard error, for the log. */
+#define SOCKBUF_CTRL_ERRNO	0x5354
+
 struct sockbuf {
 	int		fd;
+	int		err;	/* recv's or send's, once SO_ERROR is spent */
 	bool		eof;	/* as the socket BIO: OpenSSL asks */
 	size_t		off;
 	size_t		len;
@@ -202,6 +206,7 @@ sockbuf_create(BIO *b)
 	if (sb == NULL)
 		return 0;
 	sb->fd = -1;
+	sb->err = 0;
 	sb->eof = false;
 	sb->off = sb->len = 0;
 	BIO_set_data(b, sb);
@@ -235,6 +240,8 @@ sockbuf_read(BIO *b, char *out, int outl)
 			else if (errno == EAGAIN || errno == EWOULDBLOCK ||
 			    errno == EINTR)
 				BIO_set_retry_read(b);
+			else
+				sb->err = errno;
 			return (int)r;
 		}
 		sb->off = 0;
@@ -255,9 +262,12 @@ sockbuf_write(BIO *b, const char *in, int inl)
 	ssize_t r;
 
 	BIO_clear_retry_flags(b);
-	if ((r = send(sb->fd, in, (size_t)inl, MSG_NOSIGNAL)) < 0 &&
-	    (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-		BIO_set_retry_write(b);
+	if ((r = send(sb->fd, in, (size_t)inl, MSG_NOSIGNAL)) < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			BIO_set_retry_write(b);
+		else
+			sb->err = errno;
+	}
 	return (int)r;
 }
 
@@ -276,6 +286,8 @@ sockbuf_ctrl(BIO *b, int cmd, long num, void *ptr)
 		return (long)(sb->len - sb->off);
 	case BIO_CTRL_EOF:
 		return sb->eof;
+	case SOCKBUF_CTRL_ERRNO:
+		return sb->err;
 	case BIO_CTRL_FLUSH:
 	case BIO_CTRL_GET_CLOSE:
 	case BIO_CTRL_SET_CLOSE:
@@ -423,12 +435,19 @@ tls_describe_error(struct bufferevent *bev, short events, char *why,
 {
 	unsigned long e = bufferevent_get_openssl_error(bev);
 	evutil_socket_t fd = bufferevent_getfd(bev);
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
 	socklen_t len = sizeof(int);
 	int serr = 0;
 
-	/* The socket's own error (a refused connect) says the most. */
+	/*
+	 * The socket's own error (a refused connect) says the most; the
+	 * first recv or send after it reports it, and clears it.
+	 */
 	if (fd != -1)
 		getsockopt(fd, SOL_SOCKET, SO_ERROR, &serr, &len);
+	if (serr == 0 && ssl != NULL && SSL_get_rbio(ssl) != NULL)
+		serr = (int)BIO_ctrl(SSL_get_rbio(ssl), SOCKBUF_CTRL_ERRNO, 0,
+		    NULL);
 	/* errno says something only about an error, not a clean EOF. */
 	if (serr == 0 && (events & BEV_EVENT_ERROR))
 		serr = EVUTIL_SOCKET_ERROR();

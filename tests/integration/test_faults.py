@@ -677,6 +677,10 @@ def test_doh_upstream_killed_mid_run(upstream, stubborn):
     assert lost, s.log_text()[-3000:]
     assert slow.wait_until(lambda: faults.log_lines(
         s, r"upstream first: down \(cannot connect\)"), 3.0), s.log_text()[-3000:]
+    # A reconnect to the dead port says what the kernel said, not that
+    # the peer closed a connection it never had.
+    assert faults.log_lines(s, rf"upstream first: {re.escape(first.address)}:\d+: "
+                            r"Connection refused$"), s.log_text()[-3000:]
     assert s.alive()
     _memory_ok(s, "DoH upstream killed")
 

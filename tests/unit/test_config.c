@@ -256,6 +256,11 @@ bad_files(void **state)
 	rejects("bad-range.conf", 4, "'70000d' is above 2147483647");
 	/* It would overflow the clock: no quarantine at all. */
 	rejects("bad-quarantine.conf", 2, "is above 3153600000");
+	/* 0 would turn the quarantine, or CT, off without saying so. */
+	rejects("bad-zero.conf", 2, "'0' must be more than 0: an upstream "
+	    "that fails the gate would be tried again at the next query");
+	rejects("bad-zero.conf", 3, "'0d' must be more than 0: every list "
+	    "would be stale, and CT report-only for good");
 	/* An indented line is not the value before it, going on. */
 	rejects("bad-indent.conf", 4, "syntax error");
 }
