@@ -181,6 +181,9 @@ healthz_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 	evbuffer_add_printf(b, ok ? "ok\n" : "no upstream up\n");
+	/* Else libevent says text/html. */
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Content-Type", "text/plain; charset=utf-8");
 	evhttp_send_reply(req, ok ? HTTP_OK : 503, ok ? "OK" :
 	    "Service Unavailable", b);
 	evbuffer_free(b);

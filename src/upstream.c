@@ -171,6 +171,28 @@ quarantine_load(struct upstream_pool *pool)
 	fclose(fp);
 }
 
+static void	mark_down(struct upstream *, const char *);
+
+/*
+ * A down upstream is tried again when its backoff is over, whether or not
+ * a query needs it then: a backup behind a healthy first upstream would
+ * otherwise stay "down" (in the log, the metrics) long after its return.
+ * A handshake that passes the gate marks it up; one that fails backs off
+ * further.  Either way the outcome comes through upstream_conn_event.
+ */
+static void
+probe_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct upstream *up = arg;
+
+	(void)fd;
+	(void)ev;
+	if (up->state != UPSTREAM_DOWN || up->conn != NULL)
+		return;		/* back already, or being tried */
+	if ((up->conn = up->ops->open(up, up->pool->base)) == NULL)
+		mark_down(up, "cannot connect");
+}
+
 struct upstream_pool *
 upstream_pool_new(struct event_base *base, const struct config *cfg,
     const struct ct_loglist *ct_list, const struct upstream_cbs *cbs)
@@ -199,6 +221,11 @@ upstream_pool_new(struct event_base *base, const struct config *cfg,
 		up->ops = up->conf->proto == PROTO_DOH ? &doh_ops : &dot_ops;
 		up->state = UPSTREAM_UP;
 		up->quarantine_sec = cfg->quarantine;
+		if ((up->probe = evtimer_new(base, probe_cb, up)) == NULL) {
+			log_warn("%s", __func__);
+			upstream_pool_free(pool);
+			return NULL;
+		}
 		up->ssl_ctx = tls_ctx_new(up->conf->ca_file ? up->conf->ca_file :
 		    cfg->ca_file);
 		if (up->ssl_ctx == NULL) {
@@ -244,6 +271,17 @@ upstream_pool_carry(struct upstream_pool *pool,
 			    up->state != UPSTREAM_QUARANTINED) {
 				up->state = UPSTREAM_QUARANTINED;
 				up->quarantine_until = o->quarantine_until;
+			} else if (o->state == UPSTREAM_DOWN &&
+			    up->state == UPSTREAM_UP) {
+				/*
+				 * Still down, so said until shown otherwise;
+				 * but tried at once, a reload being often the
+				 * fix.
+				 */
+				up->state = UPSTREAM_DOWN;
+				up->backoff_sec = o->backoff_sec;
+				up->retry_at_ms = 0;
+				event_active(up->probe, EV_TIMEOUT, 1);
 			}
 		}
 	}
@@ -336,8 +374,11 @@ upstream_pool_free(struct upstream_pool *pool)
 	/* Draining ones too: each close takes its conn off the list. */
 	while ((c = TAILQ_FIRST(&pool->conns)) != NULL)
 		c->ops->close(c);
-	for (i = 0; i < pool->n; i++)
+	for (i = 0; i < pool->n; i++) {
+		if (pool->ups[i].probe != NULL)
+			event_free(pool->ups[i].probe);
 		SSL_CTX_free(pool->ups[i].ssl_ctx);
+	}
 	free(pool->ups);
 	free(pool);
 }
@@ -477,10 +518,14 @@ upstream_cancel(struct txq *q)
 static void
 mark_down(struct upstream *up, const char *why)
 {
+	struct timeval tv = { 0, 0 };
+
 	up->backoff_sec = up->backoff_sec ? up->backoff_sec * 2 : 1;
 	if (up->backoff_sec > BACKOFF_MAX_SEC)
 		up->backoff_sec = BACKOFF_MAX_SEC;
 	up->retry_at_ms = upstream_now_ms() + up->backoff_sec * 1000ULL;
+	tv.tv_sec = up->backoff_sec;
+	evtimer_add(up->probe, &tv);
 	if (up->state == UPSTREAM_DOWN)
 		return;
 	up->state = UPSTREAM_DOWN;

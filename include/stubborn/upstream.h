@@ -52,6 +52,7 @@ struct upstream {
 	struct conn		*conn;		/* the live connection or NULL */
 	enum upstream_state	 state;
 	uint64_t		 retry_at_ms;	/* DOWN: monotonic */
+	struct event		*probe;		/* DOWN: the retry when due */
 	time_t			 quarantine_until;	/* wall clock */
 	unsigned		 backoff_sec;
 	unsigned		 failures;	/* in a row; an answer resets */

@@ -290,7 +290,10 @@ def test_counters_after_a_known_sequence(upstream, stubborn, certs):
 def test_healthz_ok_with_a_good_upstream(upstream, stubborn):
     good = upstream("good", "good")
     s, mport = _metrics_stubborn(stubborn, [good.spec()])
-    assert _get(mport, "/healthz")[0::2] == (200, "ok\n")
+    status, headers, body = _get(mport, "/healthz")
+    assert (status, body) == (200, "ok\n")
+    ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+    assert ctype.startswith("text/plain"), headers
     _a(s.port, 7)
     assert _get(mport, "/healthz")[0::2] == (200, "ok\n")
 
@@ -333,6 +336,33 @@ def test_healthz_503_while_no_upstream_is_up_and_200_again_without_a_query(
     assert good.queries_seen() == 0, good.queries()
     assert _scrape(mport)("stubborn_upstream_state", upstream="good", state="up") == 1
     _a(s.port, 2)
+
+
+def test_a_backup_back_from_down_is_seen_up_though_no_query_needs_it(upstream, stubborn):
+    # Both down, then both back.  The first is asked again by the queries;
+    # the second, which no query needs while the first answers, is retried
+    # all the same once its backoff is over, as the log said it would be,
+    # and the log and the state gauge say it is up.
+    first, second = upstream("first"), upstream("second")
+    s, mport = _metrics_stubborn(stubborn, [first.spec(), second.spec()])
+    first.stop()
+    second.stop()
+    q, r = clients.ask(s.port, servers.who_name("gone"), "TXT", timeout=5.0)
+    assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+    m = _scrape(mport)
+    assert m("stubborn_upstream_state", upstream="second", state="down") == 1, s.log_text()
+    first.start()
+    second.start()
+    # Queries only ever need the first, once it is back.
+    assert slow.wait_until(lambda: clients.answer_strings(clients.ask(
+        s.port, servers.who_name(f"back{time.monotonic()}"), "TXT", timeout=5.0)[1],
+        "TXT") == ["first"], timeout=10.0, step=0.2), s.log_text()
+    assert slow.wait_until(lambda: "upstream second: up" in s.log_text(),
+                           timeout=10.0), s.log_text()
+    m = _scrape(mport)
+    assert m("stubborn_upstream_state", upstream="second", state="up") == 1, s.log_text()
+    assert m("stubborn_upstream_state", upstream="first", state="up") == 1, s.log_text()
+    assert second.queries_seen() == 0, second.queries()
 
 
 class FailFirst:

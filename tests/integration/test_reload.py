@@ -201,6 +201,30 @@ def test_upstream_added_by_reload_is_used(upstream, stubborn, certs, ipv6):
     assert slow.settle(first.queries_seen) == first_seen, first.queries()
 
 
+def test_a_down_upstream_is_still_down_after_a_reload_and_seen_back(upstream, stubborn,
+                                                                    certs, ipv6):
+    # A reload keeps what is known of an upstream's health: one down stays
+    # down, rather than being shown up without a word, and is tried again
+    # by itself, so its return is seen and logged though no query needs it.
+    first, second = upstream("first"), upstream("second")
+    s = stubborn([first.spec(), second.spec()])
+    first.stop()
+    second.stop()
+    q, r = clients.ask(s.port, servers.who_name("gone"), "TXT", timeout=5.0)
+    assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
+    assert "upstream second: down (cannot connect)" in s.log_text(), s.log_text()
+    _reload_ok(s)
+    first.start()
+    second.start()
+    assert slow.wait_until(lambda: clients.answer_strings(clients.ask(
+        s.port, servers.who_name(f"back{len(s.log_text())}"), "TXT", timeout=5.0)[1],
+        "TXT") == ["first"], timeout=10.0, step=0.2), s.log_text()
+    assert slow.wait_until(
+        lambda: re.search(r"reloaded(.|\n)*upstream second: up", s.log_text()),
+        timeout=10.0), s.log_text()
+    assert second.queries_seen() == 0, second.queries()
+
+
 def test_allow_tightened_by_reload_refuses(upstream, stubborn, certs, ipv6):
     first = upstream("first")
     s = stubborn([first.spec()])
