@@ -110,7 +110,16 @@ conn_retry(struct conn *c, enum conn_outcome *outcome)
 	}
 	ERR_clear_error();
 	for (;;) {
-		log_warnx("upstream %s: %s: %s", uc->name, c->addrstr, c->why);
+		/*
+		 * Once it is down, its retries (one a backoff, up to a
+		 * minute) fail quietly: "down" was said, and "up" will be.
+		 */
+		if (c->up->state == UPSTREAM_DOWN)
+			log_debug("upstream %s: %s: %s", uc->name, c->addrstr,
+			    c->why);
+		else
+			log_warnx("upstream %s: %s: %s", uc->name, c->addrstr,
+			    c->why);
 		if (c->bev != NULL) {
 			bufferevent_free(c->bev);
 			c->bev = NULL;

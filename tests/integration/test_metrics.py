@@ -351,6 +351,12 @@ def test_a_backup_back_from_down_is_seen_up_though_no_query_needs_it(upstream, s
     assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
     m = _scrape(mport)
     assert m("stubborn_upstream_state", upstream="second", state="down") == 1, s.log_text()
+    # Retried after 1 s, then 2 s more: refused again, and quietly, "down"
+    # having been said.
+    time.sleep(1.5)
+    refusals = re.findall(r"(?m)^(\w+): upstream second: [^ ]+: Connection refused$",
+                          s.log_text())
+    assert refusals == ["warning"], s.log_text()
     first.start()
     second.start()
     # Queries only ever need the first, once it is back.
