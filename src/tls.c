@@ -178,6 +178,9 @@ tls_store_load(X509_STORE *store, const char *ca_file)
 	return any ? 0 : -1;
 }
 
+/* A private BIO_ctrl: the socket's last hard error, for the log. */
+#define SOCKBUF_CTRL_ERRNO	0x5354
+
 /*
  * The connections' socket BIO, with a receive buffer of its own.  One
  * recv takes whatever the socket holds, many records at once; OpenSSL
@@ -186,9 +189,6 @@ tls_store_load(X509_STORE *store, const char *ca_file)
  * its buffer for every record: with small records, most of the work.)
  * tls_drain hands on what the buffer holds, which no socket event will.
  */
-/* A private BIO_ctrl: the socket's last hard error, for the log. */
-#define SOCKBUF_CTRL_ERRNO	0x5354
-
 struct sockbuf {
 	int		fd;
 	int		err;	/* recv's or send's, once SO_ERROR is spent */
