@@ -114,11 +114,14 @@ class Scrape:
         return {k[1]: v for k, v in self.samples.items() if k[0] == name}
 
 
+def _ctype(headers):
+    return {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+
+
 def _scrape(port):
     status, headers, body = _get(port, "/metrics")
     assert status == 200, (status, body)
-    ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
-    assert ctype.startswith("text/plain"), headers
+    assert _ctype(headers).startswith("text/plain"), headers
     return Scrape(body)
 
 
@@ -292,8 +295,7 @@ def test_healthz_ok_with_a_good_upstream(upstream, stubborn):
     s, mport = _metrics_stubborn(stubborn, [good.spec()])
     status, headers, body = _get(mport, "/healthz")
     assert (status, body) == (200, "ok\n")
-    ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
-    assert ctype.startswith("text/plain"), headers
+    assert _ctype(headers).startswith("text/plain"), headers
     _a(s.port, 7)
     assert _get(mport, "/healthz")[0::2] == (200, "ok\n")
 
@@ -351,8 +353,8 @@ def test_a_backup_back_from_down_is_seen_up_though_no_query_needs_it(upstream, s
     assert r.rcode() == dns.rcode.SERVFAIL, clients.rcode_text(r)
     m = _scrape(mport)
     assert m("stubborn_upstream_state", upstream="second", state="down") == 1, s.log_text()
-    # Retried after 1 s, then 2 s more: refused again, and quietly, "down"
-    # having been said.
+    # Retried once its 1 s backoff is over: refused again, and quietly,
+    # "down" having been said.
     time.sleep(1.5)
     refusals = re.findall(r"(?m)^(\w+): upstream second: [^ ]+: Connection refused$",
                           s.log_text())
