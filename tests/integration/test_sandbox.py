@@ -118,6 +118,9 @@ def test_no_start_without_the_seccomp_filter(stubborn_bin, tmp_path):
     try:
         servers.wait_listening("127.0.0.1", port, time.monotonic() + 10, proc, "stubborn",
                                lambda: "", tls=False)
+        # Its sockets listen before its signal handlers are set: an answer
+        # (whatever it says) shows the loop running, so SIGTERM is handled.
+        clients.ask(port, "ready.test", "A", timeout=10.0)
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
